@@ -1,0 +1,80 @@
+"""``alignloop ppo``: PPO (or PPO-ptx) of a policy against a reward model from the command line.
+
+Thin: parse options, read the prompts (and the pretraining corpus), call
+:func:`alignloop.train.ppo.train_ppo`. Runs under ``accelerate launch`` unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import typer
+
+from alignloop.config import LoopConfig, PPOConfig, load_config, load_yaml
+from alignloop.errors import AlignloopError
+
+
+def load_ppo_config(path: Path | None) -> PPOConfig:
+    """A PPOConfig from a YAML holding either the ppo stage alone or a whole loop config."""
+    if path is None:
+        return PPOConfig()
+    keys = set(load_yaml(path))
+    if keys <= {f.name for f in dataclasses.fields(PPOConfig)}:
+        return load_config(path, PPOConfig)
+    return load_config(path, LoopConfig).ppo
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompt texts of a JSONL file: one object per line with a ``text`` (prompt records) or ``prompt`` field."""
+    if not path.exists():
+        raise AlignloopError(f"{path}: no such file", "give the PPO prompts JSONL (e.g. from `alignloop data prepare`)")
+    prompts = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise AlignloopError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+        text = obj.get("text", obj.get("prompt")) if isinstance(obj, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise AlignloopError(f"{path}:{lineno}: expected an object with a non-empty string field 'text'")
+        prompts.append(text)
+    if not prompts:
+        raise AlignloopError(f"{path} holds no prompts", "give a JSONL file with one prompt per line")
+    return prompts
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("ppo")
+    def ppo(
+        policy: str = typer.Option(..., "--policy", help="The SFT policy: model folder or registry name."),
+        rm: str = typer.Option(..., "--rm", help="Reward model folder, or the URL of `alignloop rm serve`."),
+        prompts: Path = typer.Option(..., "--prompts", help="PPO prompts JSONL (one prompt per line, field 'text')."),
+        out: Path = typer.Option(..., "--out", help="Run folder (config, metrics, tb/, checkpoints/, policy/)."),
+        config: Path = typer.Option(None, "--config", help="YAML with the ppo stage (or a whole loop config)."),
+        ptx: Path = typer.Option(None, "--ptx", help="Pretraining corpus for PPO-ptx (.txt or .jsonl with 'text')."),
+        episodes: int = typer.Option(None, "--episodes", help="Override ppo.total_episodes."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
+    ) -> None:
+        """Optimise the policy against the reward model with PPO (KL penalty to the SFT policy)."""
+        from alignloop.train.ppo import iterate_texts, train_ppo
+
+        if resume and config is None and (out / "config.yaml").exists():
+            cfg = load_config(out / "config.yaml", PPOConfig)  # the resolved config of the run being resumed
+        else:
+            cfg = load_ppo_config(config)
+        if episodes is not None:
+            cfg = dataclasses.replace(cfg, total_episodes=episodes)
+        texts = list(iterate_texts(ptx)) if ptx is not None else None
+        if cfg.gamma_ptx > 0 and not texts:
+            raise AlignloopError("ppo.gamma_ptx > 0 needs a pretraining corpus", "pass --ptx FILE")
+        result = train_ppo(cfg, policy, rm, read_prompts(prompts), out, ptx_texts=texts, resume=resume)
+        last = result.metrics[-1] if result.metrics else {}
+        if last and result.is_main:
+            typer.echo(
+                f"PPO: {result.iterations} iterations; last: rm_score {last['rm_score']:.3f}, "
+                f"kl {last['kl']:.3f}, eos_rate {last['eos_rate']:.2f}; policy saved to {result.policy_dir}"
+            )

@@ -1,0 +1,374 @@
+"""One config dataclass per stage of the loop, loaded from YAML and validated.
+
+A YAML file maps onto :class:`LoopConfig` (all stages) or onto one stage's dataclass. An
+unknown key or a value of the wrong type is an :class:`~alignloop.errors.AlignloopError`
+naming the key (``sft.lr: expected a number``). Defaults follow the paper where it gives a
+value and the CPU demo budget where it does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from alignloop.errors import AlignloopError
+from alignloop.schema import from_dict
+
+T = TypeVar("T")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load: a registry name, a local HF folder, or a hub id."""
+
+    name: str = "smollm2-135m-instruct"
+    dtype: str = "float32"  # "float32" | "bfloat16"
+
+    def validate(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype: must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+@dataclass
+class DataConfig:
+    """The prompt pipeline of SPEC section 2."""
+
+    dedupe_prefix_chars: int = 64  # prompts sharing this long a prefix are duplicates
+    max_prompts_per_user: int = 200
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test, by user
+    dataset_fractions: tuple[float, float, float] = (0.4, 0.3, 0.3)  # SFT / RM / PPO, disjoint prompts
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.dedupe_prefix_chars < 1:
+            raise ValueError("dedupe_prefix_chars: must be at least 1")
+        if self.max_prompts_per_user < 1:
+            raise ValueError("max_prompts_per_user: must be at least 1")
+        for name in ("split_fractions", "dataset_fractions"):
+            fr = getattr(self, name)
+            if any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+                raise ValueError(f"{name}: must be three non-negative numbers summing to 1, got {list(fr)}")
+
+
+@dataclass
+class PanelConfig:
+    """The simulated labeler panel of SPEC section 9."""
+
+    n_labelers: int = 10
+    careless_fraction: float = 0.1  # share of labelers who answer at random
+    temperature: float = 0.1  # Bradley-Terry noise on the gold utility; 0 = always agrees with gold
+    length_lover_fraction: float = 0.1  # share of labelers with a bias toward long answers
+    seed: int = 0
+    n_groups: int = 5  # labeler groups, for k-fold cross-validation by group and held-out labelers
+    length_bias: float = 0.3  # a length lover's utility bonus per 100 words (capped at 300 words)
+    tie_tolerance: float = 0.0  # perceived utilities this close are ranked as ties; 0 = no ties
+    thumbs_threshold: float = 0.6  # thumbs up when the noisy perceived utility exceeds this
+
+    def validate(self) -> None:
+        if not 0 <= self.careless_fraction <= 1:
+            raise ValueError("careless_fraction: must be between 0 and 1")
+        if not 0 <= self.length_lover_fraction <= 1:
+            raise ValueError("length_lover_fraction: must be between 0 and 1")
+        if self.temperature < 0:
+            raise ValueError("temperature: must be >= 0")
+        if self.n_labelers < 1:
+            raise ValueError("n_labelers: must be at least 1")
+        if not 1 <= self.n_groups <= self.n_labelers:
+            raise ValueError("n_groups: must be between 1 and n_labelers")
+        if self.length_bias < 0 or self.tie_tolerance < 0:
+            raise ValueError("length_bias, tie_tolerance: must be >= 0")
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings shared by SFT evaluation, best-of-N, PPO rollouts and evaluation."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.7
+    top_p: float = 1.0
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens, batch_size: must be at least 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature: must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on demonstrations (paper section 3.5: 16 epochs, cosine decay, dropout 0.2)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 2
+    lr: float = 5e-5
+    warmup_ratio: float = 0.05
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 256
+    dropout: float = 0.0  # residual/attention dropout; the paper used 0.2
+    weight_decay: float = 0.0
+    lora_r: int = 0  # 0 = full fine-tuning
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or a comma-separated list
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    mixed_precision: str = "no"  # Accelerate: "no" | "bf16" | "fp16"
+    checkpoint_every: int = 0  # optimizer steps; 0 = only at the end of each epoch
+    keep_checkpoints: int = 2
+    eval_at_start: bool = True  # validation metrics of the starting model, logged at step 0
+    eval_prompts: int = 64  # validation prompts sampled for the scorer's mean score (0 = all)
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64))
+    seed: int = 0  # data order (shared by ranks); sampling and dropout use seed + rank
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum", "max_length", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length: must be at least 8 tokens, got {self.max_length}")
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be positive, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.lora_r < 0 or self.checkpoint_every < 0 or self.eval_prompts < 0:
+            raise ValueError("lora_r, checkpoint_every, eval_prompts: must be >= 0")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision: must be no, bf16 or fp16, got {self.mixed_precision!r}")
+
+
+@dataclass
+class BoNConfig:
+    """Best-of-N: sample N completions per prompt, keep the highest-scoring one; optionally
+    fine-tune the policy on the kept ones (rejection sampling, SPEC section 1 step 8)."""
+
+    policy: ModelConfig = field(default_factory=ModelConfig)
+    n: int = 4
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(temperature=1.0))
+    sft: SFTConfig = field(default_factory=SFTConfig)  # rejection-sampling FT; its model is set to policy
+    val_fraction: float = 0.0  # share of prompts held out to choose the kept FT checkpoint by score
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n: must be at least 1, got {self.n}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class RMConfig:
+    """Reward model training with all C(K,2) comparisons of a prompt as one batch element."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 1
+    lr: float = 1e-5
+    warmup_ratio: float = 0.05
+    prompts_per_step: int = 4
+    micro_batch_completions: int = 32
+    max_length: int = 256
+    weight_decay: float = 0.0
+    normalize: bool = True  # bias so SFT demonstrations score mean 0
+    seed: int = 0
+    backbone: str = "auto"  # "causal" (SFT model minus LM head) | "encoder" (e.g. minilm-l6) | "auto" (from the model)
+    pooling: str = "auto"  # "last" real token | "mean" | "cls"; auto = last for causal, mean for encoder
+    dropout: float = 0.0  # residual/attention dropout of the trunk while training
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    normalize_gain: bool = False  # also scale so demonstrations have std 1
+    val_fraction: float = 0.1  # share of prompts held out when no validation file is given
+    eval_every: int = 0  # steps between held-out evaluations; 0 = at each epoch end
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
+
+    def validate(self) -> None:
+        if self.backbone not in ("auto", "causal", "encoder"):
+            raise ValueError(f"backbone: must be auto, causal or encoder, got {self.backbone!r}")
+        if self.pooling not in ("auto", "last", "mean", "cls"):
+            raise ValueError(f"pooling: must be auto, last, mean or cls, got {self.pooling!r}")
+        if self.prompts_per_step < 1 or self.micro_batch_completions < 1 or self.epochs < 1:
+            raise ValueError("prompts_per_step, micro_batch_completions, epochs: must be at least 1")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError("val_fraction: must be in [0, 1)")
+
+
+@dataclass
+class PPOConfig:
+    """PPO against the reward model (SPEC section 6); names follow the paper's symbols."""
+
+    total_episodes: int = 256
+    batch_size: int = 16  # rollouts per PPO iteration (global)
+    minibatch_size: int = 8
+    ppo_epochs: int = 4
+    lr: float = 1e-5
+    beta: float = 0.05  # KL reward coefficient
+    gamma_ptx: float = 0.0  # pretraining loss coefficient (0 = plain PPO)
+    adaptive_kl: bool = False
+    target_kl: float = 6.0
+    kl_horizon: int = 10000
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    vf_coef: float = 0.1
+    gae_gamma: float = 1.0
+    gae_lambda: float = 0.95
+    whiten_rewards: bool = False
+    no_eos_penalty: float | None = -1.0  # the score of a response without EOS; null = keep the RM score
+    lora_r: int = 0
+    lora_alpha: int = 32
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    checkpoint_every: int = 0  # iterations; 0 = only at the end
+    seed: int = 0  # data order (shared by ranks); sampling uses seed + rank
+    dtype: str = "float32"  # policy, reference and value weights
+    lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or a comma-separated list
+    value_model: str = "separate"  # "separate": a trained copy of the RM | "shared": LoRA on the RM's own trunk
+    value_lora_r: int = 0  # value model LoRA rank: 0 = train the separate copy in full (shared: 16 when 0)
+    value_lr: float = 0.0  # 0 = same as lr
+    whiten_advantages: bool = True
+    score_norm: bool = False  # running mean/std normalisation of the RM score before the EOS penalty
+    lr_schedule: str = "constant"  # "constant" | "linear" (decay to 0 over the run)
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    adam_eps: float = 1e-5
+    micro_batch_size: int = 4  # rows per forward/backward pass on each process (memory); 0 = the whole minibatch
+    ptx_batch_size: int = 8  # pretraining texts per PPO-ptx update (global)
+    ptx_max_length: int = 128
+    keep_checkpoints: int = 2
+    concurrent_passes: bool = True  # one process on a CPU: independent passes (policy/value) run side by side
+
+    def validate(self) -> None:
+        for name in ("total_episodes", "batch_size", "minibatch_size", "ppo_epochs", "ptx_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.batch_size % self.minibatch_size:
+            raise ValueError(f"minibatch_size: must divide batch_size {self.batch_size}, got {self.minibatch_size}")
+        if self.total_episodes < self.batch_size:
+            raise ValueError(f"total_episodes: must be at least batch_size ({self.batch_size})")
+        if self.value_model not in ("separate", "shared"):
+            raise ValueError(f"value_model: must be separate or shared, got {self.value_model!r}")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ValueError(f"lr_schedule: must be constant or linear, got {self.lr_schedule!r}")
+        if self.lr <= 0 or self.value_lr < 0 or self.beta < 0 or self.gamma_ptx < 0:
+            raise ValueError("lr must be positive; value_lr, beta, gamma_ptx must be >= 0")
+        if self.adaptive_kl and (self.target_kl <= 0 or self.kl_horizon < 1):
+            raise ValueError("target_kl, kl_horizon: must be positive with adaptive_kl")
+        if self.lora_r < 0 or self.micro_batch_size < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise ValueError("lora_r, micro_batch_size, checkpoint_every: must be >= 0; keep_checkpoints >= 1")
+
+
+@dataclass
+class FeedbackConfig:
+    """The human feedback service."""
+
+    database_url: str = "sqlite:///alignloop-feedback.db"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    overlap: int = 1  # labelers per item
+    screening_threshold: float = 0.7
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of policies against a baseline."""
+
+    n_prompts: int = 64
+    samples_per_prompt: int = 4
+    bootstrap: int = 1000
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+@dataclass
+class LoopConfig:
+    """The whole loop: every stage plus the rounds and their stopping rule."""
+
+    out_dir: str = "runs/loop"
+    policy: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    panel: PanelConfig = field(default_factory=PanelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    rounds: int = 1
+    stop_metric: str = "gold_win_rate"  # the new policy's gold win rate against the previous one
+    stop_threshold: float | None = None
+    k: int = 4  # completions ranked per prompt (the paper used 4..9)
+    ranking_generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(temperature=1.0))
+    ranking_source: str = "panel"  # "panel" (simulated labelers) | "service" (the feedback service)
+    overlap: int = 1  # labelers per ranked item
+    feedback_url: str = ""  # with ranking_source "service": the service's base URL
+    feedback_user: str = ""  # an admin of that service
+    feedback_password_env: str = "ALIGNLOOP_FEEDBACK_PASSWORD"  # environment variable holding the password
+    demonstrations: str = "template"  # "template" (panel writes answers) | "best_of_n" (panel picks model samples)
+    n_sft_prompts: int = 64
+    n_rm_prompts: int = 64
+    n_ppo_prompts: int = 256
+    eval_seed: int = 12345
+
+    def validate(self) -> None:
+        if not 2 <= self.k <= 9:
+            raise ValueError(f"k: must be between 2 and 9, got {self.k}")
+        if self.rounds < 1:
+            raise ValueError("rounds: must be at least 1")
+        if self.ranking_source not in ("panel", "service"):
+            raise ValueError(f"ranking_source: must be panel or service, got {self.ranking_source!r}")
+        if self.demonstrations not in ("template", "best_of_n"):
+            raise ValueError(f"demonstrations: must be template or best_of_n, got {self.demonstrations!r}")
+        if self.stop_metric != "gold_win_rate":
+            raise ValueError(f"stop_metric: only gold_win_rate is supported, got {self.stop_metric!r}")
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping, with a clear error for a missing file or bad syntax."""
+    p = Path(path)
+    if not p.exists():
+        raise AlignloopError(f"config file {p} does not exist", "check the path")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise AlignloopError(f"{p}: invalid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AlignloopError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike[str] | None, cls: type[T] = LoopConfig) -> T:  # type: ignore[assignment]
+    """Load ``path`` (or defaults if None) into dataclass ``cls``; errors name the key and the file."""
+    if path is None:
+        return cls()
+    try:
+        return from_dict(cls, load_yaml(path))
+    except AlignloopError as err:
+        if str(path) in str(err):
+            raise
+        raise AlignloopError(f"{path}: {err.message}", err.hint) from None
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict of a config (tuples become lists, for YAML)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_config(cfg: Any, path: str | os.PathLike[str]) -> None:
+    """Write the resolved config next to a run's outputs."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,117 @@
+"""Alignment tax: what RLHF costs on public NLP tasks (paper section 4.2, Figure 28-29).
+
+Two measurements, run on each policy (SFT, PPO, PPO-ptx) and shown side by side:
+
+* perplexity on pretraining-like plain text, PPL = exp(-1/N sum_t log p(x_t | x_<t));
+* zero-shot multiple-choice accuracy on a HellaSwag-format JSONL (``ctx``, ``endings``,
+  ``label``): the chosen ending is the most likely continuation of the context. ``acc`` uses
+  the summed log-likelihood, ``acc_norm`` divides it by the ending's length in characters
+  (which removes the bias toward short endings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignloop.data.jsonl import DataFileError
+from alignloop.evaluate.likelihood import CausalLMLikelihood, LogLikelihood
+
+
+@dataclass
+class MCQuestion:
+    """A HellaSwag-style item: a context, candidate endings, and the index of the right one."""
+
+    ctx: str
+    endings: list[str]
+    label: int
+
+
+def load_hellaswag_jsonl(path: str | os.PathLike[str], limit: int | None = None) -> list[MCQuestion]:
+    """Read HellaSwag JSONL (``ctx`` or ``ctx_a`` + ``ctx_b``, ``endings``, ``label`` as int or digit string)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataFileError(f"{p}: no such file", "give a HellaSwag-format JSONL file")
+    out = []
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{p}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFileError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataFileError(f"{where}: expected a JSON object")
+            ctx = row.get("ctx")
+            if ctx is None and "ctx_a" in row:
+                ctx = f"{row.get('ctx_a', '')} {row.get('ctx_b', '')}".strip()
+            if not isinstance(ctx, str) or not ctx.strip():
+                raise DataFileError(f"{where}: field 'ctx': expected a non-empty string")
+            endings = row.get("endings")
+            if not isinstance(endings, list) or len(endings) < 2 or not all(isinstance(e, str) for e in endings):
+                raise DataFileError(f"{where}: field 'endings': expected a list of at least two strings")
+            label = row.get("label")
+            if isinstance(label, str) and label.strip().isdigit():
+                label = int(label)
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(endings):
+                raise DataFileError(f"{where}: field 'label': expected an index 0..{len(endings) - 1}, got {label!r}")
+            out.append(MCQuestion(ctx.strip(), [e.strip() for e in endings], label))
+            if limit is not None and len(out) >= limit:
+                break
+    if not out:
+        raise DataFileError(f"{p}: no questions")
+    return out
+
+
+def multiple_choice_accuracy(questions: Sequence[MCQuestion], loglik: LogLikelihood) -> dict[str, float]:
+    """Zero-shot accuracy: argmax over endings of log p(" " + ending | ctx), raw and per character."""
+    contexts = [q.ctx for q in questions for _ in q.endings]
+    endings = [" " + e for q in questions for e in q.endings]
+    lls = loglik(contexts, endings)
+    correct = correct_norm = 0
+    i = 0
+    for q in questions:
+        ll = lls[i : i + len(q.endings)]
+        i += len(q.endings)
+        norm = [x / max(1, len(e)) for x, e in zip(ll, q.endings, strict=True)]
+        correct += int(max(range(len(ll)), key=ll.__getitem__) == q.label)
+        correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == q.label)
+    n = len(questions)
+    return {"acc": correct / n, "acc_norm": correct_norm / n, "n": n}
+
+
+def read_corpus(path: str | os.PathLike[str], max_documents: int | None = None) -> list[str]:
+    """A pretraining-like corpus as documents: paragraphs of a text file separated by blank lines, or
+    the ``text`` field of each line of a ``.jsonl`` file (the PPO-ptx corpus formats)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataFileError(f"{p}: no such file", "give a plain-text file")
+    if p.suffix == ".jsonl":
+        docs = []
+        for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFileError(f"{p}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise DataFileError(f"{p}:{lineno}: field 'text': expected a string")
+            if row["text"].strip():
+                docs.append(row["text"].strip())
+    else:
+        docs = [d.strip() for d in p.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    if not docs:
+        raise DataFileError(f"{p}: no text")
+    return docs[:max_documents] if max_documents else docs
+
+
+def corpus_perplexity(texts: Sequence[str], scorer: CausalLMLikelihood) -> dict[str, float]:
+    """Token-level perplexity of the corpus under the model (each document read from a document start)."""
+    result = scorer.token_nll(texts)
+    return {"perplexity": result.perplexity, "nll_per_token": result.nll / result.n_tokens, "n_tokens": result.n_tokens}

@@ -1,0 +1,305 @@
+"""The one batched sampler of the loop: SFT evaluation, best-of-N, PPO rollouts and evaluation.
+
+A plain decoding loop over steps with the KV cache, written out so that every detail PPO
+depends on (SPEC section 6, Huang et al.) is visible and tested:
+
+* queries are LEFT-padded, with position ids counted from each query's first real token, so
+  a padded prompt decodes exactly as it would alone;
+* each sequence stops at its own EOS; tokens after it are the pad id (distinct from EOS) and
+  the response mask is 1 up to and including the first EOS;
+* the sampling distribution is softmax(logits / temperature), optionally truncated to the
+  nucleus ``top_p``; ``temperature == 0`` is greedy;
+* a ``torch.Generator`` makes sampling reproducible without touching the global RNG (so
+  evaluating in the middle of training does not change the training run);
+* :func:`response_logprobs` recomputes log pi(y_t | x, y_<t) at the same temperature in one
+  forward pass, the quantity PPO's ratio and KL penalty use.
+
+Prompts are the raw instructions; they are formatted with the chat template
+(:func:`~alignloop.models.loading.format_prompt`) here. Chat prompts contain the EOS token
+(``<|im_end|>``) themselves, so EOS is only ever looked for in the response, never in the query.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from alignloop.config import GenerationConfig
+from alignloop.models.loading import format_prompt
+
+
+@dataclass
+class Generation:
+    """A batch of sampled responses, aligned row by row with the prompts.
+
+    ``query_ids``/``query_mask`` are left-padded; ``response_ids`` hold the pad id after the
+    first EOS; ``response_mask`` is 1 up to and including the first EOS (all ones up to
+    ``max_new_tokens`` when the response never ended); ``logprobs`` are log-probabilities of the
+    sampled tokens under softmax(logits / temperature) (0 where masked), when requested.
+    """
+
+    query_ids: torch.Tensor  # (B, Lq) long
+    query_mask: torch.Tensor  # (B, Lq) long
+    response_ids: torch.Tensor  # (B, Lr) long
+    response_mask: torch.Tensor  # (B, Lr) long
+    texts: list[str]
+    has_eos: torch.Tensor  # (B,) bool
+    logprobs: torch.Tensor | None = None  # (B, Lr) float
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """Tokens per response, EOS included."""
+        return self.response_mask.sum(-1)
+
+
+def query_token_ids(tokenizer: Any, prompt: str, *, formatted: bool = True) -> list[int]:
+    """Token ids of one query exactly as generation and SFT see it: the chat-formatted prompt with
+    no extra special tokens (the template already holds them). SFT uses this too, so the model
+    is trained on the very prefix it is sampled from."""
+    text = format_prompt(tokenizer, prompt) if formatted else prompt
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of token rows left-padded to the longest row."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token (left padding gets position 0)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def sample_next_token(
+    logits: torch.Tensor, temperature: float, top_p: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draw one token per row from softmax(logits / temperature) restricted to the top-p nucleus.
+
+    ``temperature <= 0`` is greedy. The nucleus keeps the most probable tokens whose cumulative
+    probability first reaches ``top_p`` (always at least one token), so a tiny ``top_p`` is greedy.
+    """
+    if temperature <= 0:
+        return logits.argmax(-1)
+    scaled = logits.float() / temperature
+    if top_p < 1.0:
+        sorted_logits, order = scaled.sort(-1, descending=True)
+        sorted_probs = sorted_logits.softmax(-1)
+        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p  # the tokens before already hold top_p
+        drop[..., 0] = False
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = scaled.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _unwrap(model: Any) -> Any:
+    """Sampling needs no gradient sync: step past a DistributedDataParallel wrapper."""
+    while isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the model (under any PEFT or DDP wrapper) projects only the last positions on request."""
+    inner = _unwrap(model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _forward(model: Any, **inputs: Any) -> Any:
+    """One forward pass projecting only the last position onto the vocabulary (``logits_to_keep``):
+    on a 49k-token vocabulary the prefill's full projection would cost more than the decoding."""
+    if accepts_logits_to_keep(model):
+        return model(**inputs, logits_to_keep=1)
+    return model(**inputs)
+
+
+@torch.no_grad()
+def _sample_micro_batch(
+    model: Any,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    config: GenerationConfig,
+    eos_ids: torch.Tensor,
+    pad_id: int,
+    generator: torch.Generator | None,
+    want_logprobs: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Decode one micro-batch step by step with the KV cache; returns (tokens, mask, has_eos, logprobs)."""
+    batch = query_ids.shape[0]
+    device = query_ids.device
+    attention = query_mask
+    positions = position_ids_from_mask(query_mask)
+    # 1. prefill: the whole query in one pass; only the last position's logits are needed
+    out = _forward(model, input_ids=query_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+    logits = out.logits[:, -1, :]
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens, masks, logps = [], [], []
+    lp_temperature = config.temperature if config.temperature > 0 else 1.0
+    for t in range(config.max_new_tokens):
+        next_tok = sample_next_token(logits, config.temperature, config.top_p, generator)
+        next_tok = torch.where(finished, torch.full_like(next_tok, pad_id), next_tok)
+        masks.append((~finished).long())
+        if want_logprobs:
+            lp = F.log_softmax(logits.float() / lp_temperature, -1).gather(-1, next_tok[:, None]).squeeze(-1)
+            logps.append(torch.where(finished, torch.zeros_like(lp), lp))
+        tokens.append(next_tok)
+        finished = finished | torch.isin(next_tok, eos_ids)
+        if bool(finished.all()) or t == config.max_new_tokens - 1:
+            break
+        # 2. decode: feed the new token; finished rows keep decoding pads that nothing reads
+        attention = torch.cat([attention, attention.new_ones(batch, 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = _forward(
+            model,
+            input_ids=next_tok[:, None],
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1, :]
+    resp = torch.stack(tokens, 1) if tokens else query_ids.new_zeros(batch, 0)
+    mask = torch.stack(masks, 1) if masks else query_ids.new_zeros(batch, 0)
+    logprobs = (torch.stack(logps, 1) if logps else torch.zeros(batch, 0, device=device)) if want_logprobs else None
+    return resp, mask, finished, logprobs
+
+
+def decode_responses(tokenizer: Any, response_ids: torch.Tensor, response_mask: torch.Tensor, has_eos: torch.Tensor):
+    """Response texts truncated before the first EOS, special tokens stripped."""
+    texts = []
+    for ids, n, eos in zip(response_ids.tolist(), response_mask.sum(-1).tolist(), has_eos.tolist(), strict=True):
+        keep = ids[: n - 1] if eos else ids[:n]
+        texts.append(tokenizer.decode(keep, skip_special_tokens=True))
+    return texts
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    config: GenerationConfig | None = None,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    return_logprobs: bool = False,
+    formatted: bool = True,
+    stop_token_ids: Sequence[int] | None = None,
+) -> Generation:
+    """Sample one response per prompt, in micro-batches of ``config.batch_size``.
+
+    ``prompts`` are raw instructions, chat-formatted here (``formatted=False`` sends them as
+    they are). Sampling draws from ``generator`` (or a new one seeded with ``seed``; neither =
+    the global RNG). Dropout is off while sampling and the model's train/eval mode is restored.
+    """
+    config = config or GenerationConfig()
+    model = _unwrap(model)
+    device = _device(model)
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_list = list(stop_token_ids) if stop_token_ids is not None else [tokenizer.eos_token_id]
+    eos_ids = torch.tensor(eos_list, dtype=torch.long, device=device)
+    rows = [query_token_ids(tokenizer, p, formatted=formatted) for p in prompts]
+    was_training = model.training
+    model.eval()
+    parts = []
+    try:
+        for i in range(0, len(rows), max(1, config.batch_size)):
+            q_ids, q_mask = left_pad(rows[i : i + config.batch_size], pad_id)
+            q_ids, q_mask = q_ids.to(device), q_mask.to(device)
+            r_ids, r_mask, eos, lps = _sample_micro_batch(
+                model, q_ids, q_mask, config, eos_ids, pad_id, generator, return_logprobs
+            )
+            parts.append((q_ids, q_mask, r_ids, r_mask, eos, lps))
+    finally:
+        model.train(was_training)
+    return _concat(parts, tokenizer, pad_id, device, return_logprobs)
+
+
+def _concat(parts: list, tokenizer: Any, pad_id: int, device: torch.device, with_logprobs: bool) -> Generation:
+    """Join micro-batches: queries left-padded and responses right-padded to common widths."""
+    lq = max((p[0].shape[1] for p in parts), default=0)
+    lr = max((p[2].shape[1] for p in parts), default=0)
+
+    def pad(t: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+        extra = width - t.shape[1]
+        return F.pad(t, (extra, 0) if left else (0, extra), value=value) if extra else t
+
+    q_ids = torch.cat([pad(p[0], lq, pad_id, True) for p in parts]) if parts else torch.zeros(0, 0, dtype=torch.long)
+    q_mask = torch.cat([pad(p[1], lq, 0, True) for p in parts]) if parts else torch.zeros(0, 0, dtype=torch.long)
+    r_ids = torch.cat([pad(p[2], lr, pad_id, False) for p in parts]) if parts else torch.zeros(0, 0, dtype=torch.long)
+    r_mask = torch.cat([pad(p[3], lr, 0, False) for p in parts]) if parts else torch.zeros(0, 0, dtype=torch.long)
+    has_eos = torch.cat([p[4] for p in parts]) if parts else torch.zeros(0, dtype=torch.bool)
+    logprobs = None
+    if with_logprobs:
+        logprobs = torch.cat([pad(p[5], lr, 0.0, False) for p in parts]) if parts else torch.zeros(0, 0)
+    texts = decode_responses(tokenizer, r_ids, r_mask, has_eos)
+    return Generation(q_ids, q_mask, r_ids, r_mask, texts, has_eos, logprobs)
+
+
+def forward_last_logits(model: Any, keep: int, **inputs: Any) -> torch.Tensor:
+    """Logits of the last ``keep`` positions only (the vocabulary projection dominates memory)."""
+    if accepts_logits_to_keep(model):
+        return model(**inputs, logits_to_keep=keep).logits[:, -keep:]
+    return model(**inputs).logits[:, -keep:]
+
+
+def response_logprobs(
+    model: Any,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    temperature: float,
+    *,
+    response_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y_t | x, y_<t) and the entropy of pi(. | x, y_<t) for every response token, one forward pass.
+
+    The distribution is softmax(logits / temperature), the one :func:`generate` samples from
+    (``temperature <= 0`` means 1: greedy decoding has no temperature to divide by). Gradients
+    flow when called outside ``no_grad`` (PPO's policy loss). With ``response_mask`` given,
+    positions after the first EOS are 0 in both outputs.
+    """
+    temperature = temperature if temperature > 0 else 1.0
+    width = response_ids.shape[1]
+    input_ids = torch.cat([query_ids, response_ids], dim=1)
+    attention = torch.cat([query_mask, torch.ones_like(response_ids)], dim=1)
+    logits = forward_last_logits(
+        model,
+        width + 1,
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=position_ids_from_mask(attention),
+        use_cache=False,
+    )[:, :-1]  # logits at position t predict token t + 1
+    logp_all = F.log_softmax(logits.float() / temperature, dim=-1)
+    logprobs = logp_all.gather(-1, response_ids[..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    if response_mask is not None:
+        m = response_mask.to(logprobs.dtype)
+        logprobs, entropy = logprobs * m, entropy * m
+    return logprobs, entropy

@@ -1,0 +1,92 @@
+"""Config: YAML onto one dataclass per stage; unknown keys and wrong types name the key."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from alignloop.cli.main import app
+from alignloop.config import LoopConfig, SFTConfig, dump_config, load_config
+from alignloop.errors import AlignloopError
+
+
+def test_defaults_and_override(tmp_path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("sft:\n  lr: 1.0e-4\n  epochs: 3\n  model:\n    dtype: bfloat16\nrounds: 2\n")
+    cfg = load_config(p)
+    assert cfg.sft.lr == 1e-4 and cfg.sft.epochs == 3 and cfg.sft.model.dtype == "bfloat16"
+    assert cfg.rounds == 2 and cfg.rm == LoopConfig().rm
+
+
+def test_int_accepted_for_float_and_tuple_fields(tmp_path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  split_fractions: [0.5, 0.25, 0.25]\nppo:\n  beta: 1\n")
+    cfg = load_config(p)
+    assert cfg.data.split_fractions == (0.5, 0.25, 0.25) and cfg.ppo.beta == 1.0
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "needle"),
+    [
+        ("sft:\n  lrr: 1\n", "field 'sft.lrr': unknown key"),
+        ("sft:\n  lr: fast\n", "field 'sft.lr': expected a number"),
+        ("sft:\n  epochs: 1.5\n", "field 'sft.epochs': expected an integer"),
+        ("sft:\n  model:\n    dtype: int8\n", "field 'sft.model.dtype'"),
+        ("data:\n  split_fractions: [0.5, 0.5, 0.5]\n", "field 'data.split_fractions'"),
+        ("ppo: 3\n", "field 'ppo'"),
+        ("- a\n- b\n", "top level must be a mapping"),
+        ("sft: [\n", "invalid YAML"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path, yaml_text: str, needle: str) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(AlignloopError) as err:
+        load_config(p)
+    assert needle in str(err.value)
+    assert str(p) in str(err.value)
+
+
+def test_stage_config_round_trip(tmp_path) -> None:
+    cfg = SFTConfig(epochs=5, lr=3e-5)
+    dump_config(cfg, tmp_path / "sft.yaml")
+    assert load_config(tmp_path / "sft.yaml", SFTConfig) == cfg
+
+
+def test_cli_config_show_prints_resolved_config_and_one_line_errors(tmp_path) -> None:
+    runner = CliRunner()
+    good = tmp_path / "good.yaml"
+    good.write_text("ppo:\n  beta: 0.02\n")
+    result = runner.invoke(app, ["config", "show", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "beta: 0.02" in result.output and "max_prompts_per_user: 200" in result.output
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft:\n  lrr: 1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "alignloop.cli.main", "config", "show", str(bad)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "sft.lrr" in lines[0] and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "alignloop.cli.main", "--debug", "config", "show", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert "Traceback" in proc.stderr
+
+
+def test_example_configs_are_valid() -> None:
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[1] / "examples" / "configs").glob("*.yaml"))
+    assert examples, "examples/configs/ holds the documented configs"
+    for path in examples:
+        cfg = load_config(path)
+        assert isinstance(cfg, LoopConfig)

@@ -1,0 +1,190 @@
+"""The shared sampler: per-sequence EOS, left padding, temperature/top-p, logprob consistency."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from alignloop.config import GenerationConfig
+from alignloop.models import load_policy
+from alignloop.models.generation import (
+    generate,
+    left_pad,
+    position_ids_from_mask,
+    response_logprobs,
+    sample_next_token,
+)
+
+EOS, PAD = 2, 0
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_policy("tiny")
+
+
+class ScriptedLM(torch.nn.Module):
+    """A stand-in causal LM that emits a fixed token script per row, chosen by the query's real
+    length: query of n real tokens -> script[n]. It checks the decoding loop, not a network."""
+
+    def __init__(self, scripts: dict[int, list[int]], vocab: int = 50) -> None:
+        super().__init__()
+        self.scripts, self.vocab = scripts, vocab
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.fed: list[torch.Tensor] = []
+
+    def _logits(self, rows: list[list[int]], step: int) -> torch.Tensor:
+        out = torch.full((len(rows), 1, self.vocab), -1e4)
+        for i, script in enumerate(rows):
+            out[i, 0, script[min(step, len(script) - 1)]] = 0.0
+        return out
+
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values=None, use_cache=True):
+        if past_key_values is None:  # prefill: pick each row's script from its real length
+            rows = [self.scripts[int(n)] for n in attention_mask.sum(-1)]
+            state = {"rows": rows, "step": 0}
+        else:
+            state = past_key_values
+            state["step"] += 1
+            self.fed.append(input_ids[:, 0].clone())
+        return SimpleNamespace(logits=self._logits(state["rows"], state["step"]), past_key_values=state)
+
+
+class FakeTokenizer:
+    """Just enough tokenizer for :func:`generate` with ``formatted=False``: one id per character."""
+
+    pad_token_id, eos_token_id = PAD, EOS
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [10 + (ord(c) % 30) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(str(i) for i in ids if not (skip_special_tokens and i in (PAD, EOS)))
+
+
+def test_each_sequence_stops_at_its_own_eos_and_is_padded_after() -> None:
+    scripts = {1: [5, 6, EOS, 7], 2: [8, EOS, 9], 3: [11, 12, 13, 14, 15, 16]}
+    model = ScriptedLM(scripts)
+    out = generate(model, FakeTokenizer(), ["a", "bb", "ccc"], GenerationConfig(max_new_tokens=5, temperature=0),
+                   formatted=False)  # fmt: skip
+    assert out.response_ids.tolist() == [[5, 6, EOS, PAD, PAD], [8, EOS, PAD, PAD, PAD], [11, 12, 13, 14, 15]]
+    assert out.response_mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert out.has_eos.tolist() == [True, True, False]
+    assert out.texts == ["5 6", "8", "11 12 13 14 15"]
+    assert out.response_lengths.tolist() == [3, 2, 5]
+    # left padding of the queries; finished rows are fed the pad id, never their script again
+    assert out.query_mask.tolist() == [[0, 0, 1], [0, 1, 1], [1, 1, 1]]
+    assert model.fed[-1].tolist() == [PAD, PAD, 14]
+
+
+def test_decoding_stops_early_when_every_row_has_ended() -> None:
+    model = ScriptedLM({1: [5, EOS], 2: [EOS]})
+    out = generate(model, FakeTokenizer(), ["a", "bb"], GenerationConfig(max_new_tokens=50, temperature=0),
+                   formatted=False)  # fmt: skip
+    assert out.response_ids.tolist() == [[5, EOS], [EOS, PAD]]
+    assert len(model.fed) == 1  # two steps, not fifty
+
+
+def test_micro_batches_are_joined_with_common_padding() -> None:
+    scripts = {1: [5, EOS], 2: [6, 7, 8, EOS], 4: [9, EOS]}
+    out = generate(ScriptedLM(scripts), FakeTokenizer(), ["a", "bb", "dddd"],
+                   GenerationConfig(max_new_tokens=6, temperature=0, batch_size=2), formatted=False)  # fmt: skip
+    assert out.response_ids.tolist() == [[5, EOS, PAD, PAD], [6, 7, 8, EOS], [9, EOS, PAD, PAD]]
+    assert out.query_mask.tolist() == [[0, 0, 0, 1], [0, 0, 1, 1], [1, 1, 1, 1]]
+
+
+def test_left_pad_and_positions() -> None:
+    ids, mask = left_pad([[7, 8, 9], [5]], PAD)
+    assert ids.tolist() == [[7, 8, 9], [PAD, PAD, 5]]
+    assert position_ids_from_mask(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_left_padded_batch_decodes_like_each_prompt_alone(tiny) -> None:
+    model, tok = tiny
+    prompts = ["Hi", "Write a poem about the sea, the sky and the long road home.", "Name three fruits."]
+    cfg = GenerationConfig(max_new_tokens=8, temperature=0)
+    batch = generate(model, tok, prompts, cfg)
+    assert batch.query_mask[0].tolist().count(0) > 0  # the short prompt really was padded
+    for i, p in enumerate(prompts):
+        alone = generate(model, tok, [p], cfg)
+        assert batch.response_ids[i].tolist() == alone.response_ids[0].tolist()
+
+
+def test_sampling_is_seedable_and_does_not_touch_the_global_rng(tiny) -> None:
+    model, tok = tiny
+    cfg = GenerationConfig(max_new_tokens=6, temperature=1.0)
+    before = torch.get_rng_state()
+    a = generate(model, tok, ["Hi", "Tell me a story."], cfg, seed=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = generate(model, tok, ["Hi", "Tell me a story."], cfg, seed=3)
+    c = generate(model, tok, ["Hi", "Tell me a story."], cfg, seed=4)
+    assert torch.equal(a.response_ids, b.response_ids)
+    assert not torch.equal(a.response_ids, c.response_ids)
+
+
+def test_tiny_top_p_and_tiny_temperature_are_greedy(tiny) -> None:
+    model, tok = tiny
+    prompts = ["Hi", "Tell me a story."]
+    greedy = generate(model, tok, prompts, GenerationConfig(max_new_tokens=6, temperature=0))
+    nucleus = generate(model, tok, prompts, GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=1e-6), seed=1)
+    cold = generate(model, tok, prompts, GenerationConfig(max_new_tokens=6, temperature=1e-4), seed=1)
+    hot = generate(model, tok, prompts, GenerationConfig(max_new_tokens=6, temperature=1.0), seed=1)
+    assert torch.equal(nucleus.response_ids, greedy.response_ids)
+    assert torch.equal(cold.response_ids, greedy.response_ids)
+    assert not torch.equal(hot.response_ids, greedy.response_ids)
+
+
+def test_temperature_sets_the_sampling_distribution() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0]]).repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    for temperature in (1.0, 2.0):
+        draws = sample_next_token(logits, temperature, 1.0, g)
+        freq = torch.bincount(draws, minlength=3).float() / len(draws)
+        expected = torch.softmax(torch.tensor([2.0, 1.0, 0.0]) / temperature, -1)
+        assert torch.allclose(freq, expected, atol=0.015), (temperature, freq, expected)
+
+
+def test_top_p_keeps_the_smallest_nucleus_reaching_p() -> None:
+    # probabilities 0.5, 0.3, 0.2: top_p = 0.6 keeps {0, 1} (0.5 < 0.6, 0.8 >= 0.6) renormalised to 5/8, 3/8
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(20000, 1)
+    draws = sample_next_token(logits, 1.0, 0.6, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=3).float() / len(draws)
+    assert freq[2] == 0
+    assert abs(freq[0] - 5 / 8) < 0.015
+    only_best = sample_next_token(logits[:100], 1.0, 0.5, torch.Generator().manual_seed(0))
+    assert only_best.eq(0).all()  # 0.5 alone reaches top_p = 0.5
+
+
+def test_response_logprobs_match_the_sampled_tokens(tiny) -> None:
+    model, tok = tiny
+    for temperature in (0.7, 1.3):
+        cfg = GenerationConfig(max_new_tokens=10, temperature=temperature, batch_size=2)
+        out = generate(model, tok, ["Hi", "Tell me a long story.", "Why?"], cfg, seed=0, return_logprobs=True)
+        lp, entropy = response_logprobs(
+            model, out.query_ids, out.query_mask, out.response_ids, temperature, response_mask=out.response_mask
+        )
+        assert torch.allclose(lp, out.logprobs, atol=1e-4)
+        assert (out.logprobs < 0).all()  # every position is a real sampled token here (no EOS from tiny)
+        # entropy of a distribution over the 49152-token vocabulary: positive, at most log(V)
+        assert (entropy > 0).all() and (entropy <= torch.log(torch.tensor(49152.0)) + 1e-3).all()
+
+
+def test_response_logprobs_carry_gradients_and_respect_the_mask(tiny) -> None:
+    model, tok = tiny
+    out = generate(model, tok, ["Hi"], GenerationConfig(max_new_tokens=4, temperature=1.0), seed=0)
+    mask = torch.tensor([[1, 1, 0, 0]])
+    lp, ent = response_logprobs(model, out.query_ids, out.query_mask, out.response_ids, 1.0, response_mask=mask)
+    assert lp[0, 2:].eq(0).all() and ent[0, 2:].eq(0).all() and lp[0, :2].lt(0).all()
+    lp.sum().backward()
+    assert model.get_input_embeddings().weight.grad.abs().sum() > 0
+    model.zero_grad()
+
+
+def test_model_mode_is_restored(tiny) -> None:
+    model, tok = tiny
+    model.train()
+    generate(model, tok, ["Hi"], GenerationConfig(max_new_tokens=2))
+    assert model.training
+    model.eval()

@@ -1,0 +1,85 @@
+"""The loop and the demo on the tiny model: rounds, ranking sources, stopping rule, artifacts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from alignloop.config import LoopConfig, PanelConfig, load_config
+from alignloop.data.jsonl import read_jsonl
+from alignloop.data.records import Prompt, Ranking
+from alignloop.errors import AlignloopError
+from alignloop.labelers import GoldJudge, SimulatedPanel
+from alignloop.loop import PanelRankingSource, ranking_source
+
+
+def test_panel_source_gives_overlap_rankings_per_item_with_sources() -> None:
+    panel = SimulatedPanel(
+        PanelConfig(n_labelers=4, n_groups=2, careless_fraction=0.0, length_lover_fraction=0.0), GoldJudge()
+    )
+    source = PanelRankingSource(panel, overlap=2)
+    prompts = [Prompt("p1", "Write a happy poem about the sea.", "u1"), Prompt("p2", "Name three fruits.", "u2")]
+    comps = [
+        ["The sea is wonderful and happy.", "no", "Waves.", "I love the sea, a happy poem."],
+        ["Apple, banana and cherry are three fruits.", "Cars.", "fruit", "Bananas are great."],
+    ]
+    sources = [["a", "b", "c", "d"], ["e", "f", "g", "h"]]
+    rankings = source.collect_rankings(prompts, comps, sources=sources)
+    assert len(rankings) == 4
+    assert [r.prompt_id for r in rankings] == ["p1", "p1", "p2", "p2"]
+    assert len({r.labeler_id for r in rankings[:2]}) == 2  # two different labelers per item
+    assert rankings[2].sources == ["e", "f", "g", "h"]
+    assert all(len(r.comparisons()) == 6 for r in rankings)
+
+
+def test_service_source_needs_url_and_user() -> None:
+    cfg = LoopConfig(ranking_source="service")
+    with pytest.raises(AlignloopError, match="feedback_url"):
+        ranking_source(cfg, panel=None)
+
+
+def test_loop_config_validation_names_the_field(tmp_path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("k: 12\n")
+    with pytest.raises(AlignloopError, match="field 'k'"):
+        load_config(p)
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_the_whole_loop_and_stops_at_threshold(tmp_path) -> None:
+    from alignloop.demo import demo_config, run_demo
+
+    cfg = demo_config(tiny=True)
+    cfg.out_dir = str(tmp_path / "demo")
+    cfg.rounds, cfg.stop_threshold = 2, 0.0  # any win rate reaches 0: the loop must stop after round 1
+    cfg.n_sft_prompts, cfg.n_rm_prompts, cfg.n_ppo_prompts = 8, 6, 16
+    cfg.sft = replace(cfg.sft, epochs=1)
+    cfg.rm = replace(cfg.rm, epochs=1)
+    gen = replace(cfg.ppo.generation, max_new_tokens=8)
+    cfg.ppo = replace(cfg.ppo, total_episodes=16, batch_size=8, minibatch_size=4, ppo_epochs=1, generation=gen)
+    cfg.ranking_generation = replace(cfg.ranking_generation, max_new_tokens=8)
+    cfg.eval = replace(
+        cfg.eval,
+        n_prompts=4,
+        samples_per_prompt=2,
+        bootstrap=50,
+        generation=replace(cfg.eval.generation, max_new_tokens=8),
+    )
+    result = run_demo(cfg, log=lambda m: None)
+
+    out = tmp_path / "demo"
+    rounds = json.loads((out / "rounds.json").read_text())
+    assert len(rounds) == 1 and rounds[0]["round"] == 1
+    rankings = read_jsonl(out / "round-1" / "rankings.jsonl", Ranking)
+    assert len(rankings) == 6 and all(r.k == cfg.k for r in rankings)
+    assert (out / "round-1" / "rm" / "model").is_dir() and (out / "round-1" / "ppo" / "metrics.jsonl").exists()
+    rate = result.win_rate["win_rates"]["ppo"]
+    assert rate["n"] == 4 * 2 and rate["ci_low"] <= rate["rate"] <= rate["ci_high"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["gold_win_rate"] == rate["rate"]
+    page = result.report.read_text()
+    assert "sft" in page and "ppo" in page
+    with pytest.raises(AlignloopError, match="already holds a demo run"):
+        run_demo(cfg, log=lambda m: None)

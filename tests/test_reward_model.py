@@ -1,0 +1,305 @@
+"""Reward model: formatting, scoring at the last real token, training on simulated-panel rankings,
+normalisation after save/load, exact resume, cross-validation by labeler group, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from alignloop.cli.main import app
+from alignloop.config import ModelConfig, PanelConfig, RMConfig
+from alignloop.data.builtin import base_prompts
+from alignloop.data.jsonl import write_jsonl
+from alignloop.data.records import Demonstration, Prompt, Ranking, stable_id
+from alignloop.errors import AlignloopError
+from alignloop.labelers import SimulatedPanel
+from alignloop.labelers.text import keywords
+from alignloop.models.reward import (
+    RewardScorer,
+    collate,
+    encode,
+    init_reward_model,
+    load_reward_model,
+    pad_id,
+)
+from alignloop.train.reward import (
+    chunk_prompts,
+    crossval,
+    encode_rankings,
+    split_by_prompt,
+    train_reward_model,
+)
+from alignloop.train.runlog import read_metrics
+
+POSITIVE = "great wonderful helpful clear friendly excellent happy useful lovely".split()
+NEGATIVE = "terrible awful useless boring horrible sad bad wrong ugly".split()
+FILLER = "the idea here is that we can look at it and then say more about what it means".split()
+
+
+def candidate(rng: random.Random, prompt: str) -> str:
+    """A made-up answer whose gold utility varies with its tone and how many key words it covers."""
+    kws = [surface for _, surface in keywords(prompt)]
+    tone = rng.random()
+    cover = rng.random()
+    out = []
+    for _ in range(rng.randint(8, 24)):
+        u = rng.random()
+        if u < 0.5:
+            out.append(rng.choice(POSITIVE if rng.random() < tone else NEGATIVE))
+        elif u < 0.5 + 0.3 * cover and kws:
+            out.append(rng.choice(kws))
+        else:
+            out.append(rng.choice(FILLER))
+    return " ".join(out)
+
+
+def panel_rankings(n_prompts: int, ks: list[int], seed: int = 0, n_groups: int = 3) -> list[Ranking]:
+    """Rankings by a low-noise simulated panel of K made-up candidates per prompt (K cycles over ks)."""
+    rng = random.Random(seed)
+    texts = [t for _, t in base_prompts()]
+    rng.shuffle(texts)
+    panel = SimulatedPanel(
+        PanelConfig(
+            n_labelers=2 * n_groups,
+            n_groups=n_groups,
+            careless_fraction=0.0,
+            length_lover_fraction=0.0,
+            temperature=0.02,
+        )
+    )
+    items = []
+    for i, text in enumerate(texts[:n_prompts]):
+        prompt = Prompt(stable_id("rm-test", text), text, f"user-{i}")
+        items.append((prompt, [candidate(rng, text) for _ in range(ks[i % len(ks)])]))
+    return panel.rank_items(items)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy shared machine OpenMP threads
+    waiting on each other make every small op many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, list[Ranking]]:
+    train = panel_rankings(48, [2, 4, 6, 9], seed=0)
+    held = panel_rankings(80, [4], seed=1)[48:]  # other prompts than the training ones
+    return {"train": train, "val": held}
+
+
+def tiny_cfg(**kw) -> RMConfig:
+    base = dict(model=ModelConfig(name="tiny"), lr=1e-2, prompts_per_step=4, micro_batch_completions=12, epochs=2)
+    base.update(kw)
+    return RMConfig(**base)
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+def test_causal_formatting_is_chat_template_completion_eos_and_keeps_the_end_when_truncated() -> None:
+    model, tok = init_reward_model("tiny", max_length=256)
+    assert model.info.kind == "causal" and model.info.pooling == "last"
+    (ids, types), (ids2, _) = encode(tok, model.info, ["Name a fruit."] * 2, ["Apple.", "Apple." + tok.eos_token])
+    assert types is None and ids == ids2  # EOS is not doubled
+    assert ids[-1] == tok.eos_token_id and ids.count(tok.eos_token_id) == ids2.count(tok.eos_token_id)
+    assert tok.decode(ids).startswith("<|im_start|>system") and "Name a fruit.<|im_end|>" in tok.decode(ids)
+    model.info.max_length = 10
+    (short, _), *_ = encode(tok, model.info, ["Name a fruit."], ["Apple. " * 20])
+    assert len(short) == 10 and short[-1] == tok.eos_token_id
+    d = model.backbone.config.hidden_size
+    assert model.head.bias.item() == 0.0 and model.head.weight.shape == (1, d)
+    assert not hasattr(model.backbone, "lm_head")
+
+
+def test_score_is_read_at_the_last_real_token_whatever_the_padding() -> None:
+    torch.manual_seed(0)
+    model, tok = init_reward_model("tiny")
+    model.eval()
+    items = encode(tok, model.info, ["Say hi.", "Write a long poem about the sea."], ["hi", "waves " * 30])
+    with torch.no_grad():
+        alone = model(**collate(items[:1], pad_id(tok)))
+        padded = model(**collate(items, pad_id(tok)))
+        # the same completion left-padded reads the same last token (positions shift, so compare pooling only)
+        batch = collate(items, pad_id(tok))
+        hidden = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    assert padded[0].item() == pytest.approx(alone[0].item(), abs=1e-5)
+    n0 = len(items[0][0])
+    assert model.head(hidden[0, n0 - 1]).item() == pytest.approx(padded[0].item(), abs=1e-5)
+    assert padded[0].item() != pytest.approx(model.head(hidden[0, -1]).item(), abs=1e-6)  # not the pad
+
+
+def test_encoder_backbone_uses_sentence_pairs_and_mean_pooling() -> None:
+    model, tok = init_reward_model("minilm-l6", max_length=64)
+    assert model.info.kind == "encoder" and model.info.pooling == "mean"
+    assert getattr(model.backbone, "pooler", None) is None
+    (ids, types), *_ = encode(tok, model.info, ["Name a fruit."], ["An apple."])
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id and ids.count(tok.sep_token_id) == 2
+    assert types is not None and types[0] == 0 and types[-1] == 1
+    scores = RewardScorer(model, tok, batch_size=2).score_batch(["a", "b", "c"], ["x", "yy yy", "z"])
+    assert len(scores) == 3 and len(set(scores)) == 3
+
+
+def test_chunks_hold_whole_prompts_within_the_micro_batch() -> None:
+    model, tok = init_reward_model("tiny")
+    rankings = panel_rankings(6, [4, 9, 2], seed=3)
+    enc = encode_rankings(model, tok, rankings)
+    chunks = chunk_prompts(enc, 10)
+    assert [[len(r.items) for r in c] for c in chunks] == [[4], [9], [2, 4], [9], [2]]
+    assert sum(len(c) for c in chunks) == 6
+
+
+def test_split_by_prompt_never_shares_a_prompt() -> None:
+    rankings = panel_rankings(20, [3], seed=4)
+    rankings = rankings + [Ranking(r.prompt_id, r.prompt, r.completions, r.order[::-1], "other") for r in rankings]
+    train, held = split_by_prompt(rankings, 0.25, seed=0)
+    assert len(held) == 10 and len(train) == 30
+    assert not {r.prompt_id for r in train} & {r.prompt_id for r in held}
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def test_trained_rm_beats_chance_on_held_out_prompts_and_normalises_demos_to_mean_zero(tmp_path, data) -> None:
+    demos = [Demonstration(r.prompt_id, r.prompt, r.completions[r.order[0]]) for r in data["train"][:12]]
+    res = train_reward_model(tiny_cfg(), data["train"], tmp_path / "run", val=data["val"], demos=demos, progress=False)
+    rows = read_metrics(tmp_path / "run")
+    first = next(r for r in rows if "train/loss" in r)
+    assert res.val["val/accuracy"] >= 0.75, res.val  # chance is 0.5
+    assert res.train["train/loss"] < first["train/loss"]
+    assert {"val/accuracy", "val/loss", "val/margin"} <= set(rows[-2]) | set(rows[-1])
+    assert (tmp_path / "run" / "config.yaml").exists() and any((tmp_path / "run" / "tb").iterdir())
+
+    # normalisation: after save/load the demonstrations score mean 0, and the bias is what was fitted
+    scorer = RewardScorer.load(res.model_dir, batch_size=5)
+    scores = scorer.score_batch([d.prompt for d in demos], [d.completion for d in demos])
+    raw = scorer.raw_scores([d.prompt for d in demos], [d.completion for d in demos])
+    assert sum(scores) / len(scores) == pytest.approx(0.0, abs=1e-5)
+    assert abs(sum(raw) / len(raw)) > 1e-3  # it was not zero before normalising
+    assert scorer.model.info.bias == pytest.approx(-sum(raw) / len(raw), abs=1e-5)
+    assert res.normalisation["bias"] == pytest.approx(scorer.model.info.bias)
+
+
+def test_normalisation_with_gain_gives_unit_std(tmp_path, data) -> None:
+    from alignloop.models.reward import fit_normalisation
+
+    model, tok = init_reward_model("tiny")
+    demos = [(r.prompt, c) for r in data["val"][:6] for c in r.completions]
+    stats = fit_normalisation(model, tok, [p for p, _ in demos], [c for _, c in demos], with_gain=True)
+    model.save(tmp_path / "rm", tok)
+    again, tok2 = load_reward_model(tmp_path / "rm")
+    s = torch.tensor(RewardScorer(again, tok2).score_batch([p for p, _ in demos], [c for _, c in demos]))
+    assert s.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert s.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+    assert stats["gain"] == pytest.approx(1 / stats["raw_std"])
+
+
+def test_interrupted_run_resumes_to_the_same_metrics_and_weights(tmp_path, data) -> None:
+    cfg = tiny_cfg(epochs=2, prompts_per_step=8, checkpoint_every=4, eval_every=3, dropout=0.1)
+    train = data["train"][:32]  # 4 steps per epoch, 8 in all
+    full = train_reward_model(cfg, train, tmp_path / "full", val=data["val"][:8], progress=False)
+
+    def crash(step: int, _metrics: dict) -> None:
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(cfg, train, tmp_path / "cut", val=data["val"][:8], progress=False, on_step=crash)
+    assert not (tmp_path / "cut" / "model").exists()
+    with pytest.raises(AlignloopError, match="already holds"):
+        train_reward_model(cfg, train, tmp_path / "cut", val=data["val"][:8], progress=False)
+    resumed = train_reward_model(cfg, train, tmp_path / "cut", val=data["val"][:8], progress=False, resume=True)
+
+    assert resumed.steps == full.steps == 8
+    assert read_metrics(tmp_path / "cut") == read_metrics(tmp_path / "full")
+    a, _ = load_reward_model(full.model_dir)
+    b, _ = load_reward_model(resumed.model_dir)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_micro_batching_accumulates_the_same_gradient_as_one_big_batch(tmp_path, data) -> None:
+    # 8 prompts of K in {2,4,6,9} per step: micro-batches of 9 completions split them into 6 chunks
+    train = data["train"][:16]
+    runs = {}
+    for micro in (9, 64):
+        cfg = tiny_cfg(epochs=1, prompts_per_step=8, micro_batch_completions=micro)
+        runs[micro] = train_reward_model(cfg, train, tmp_path / f"m{micro}", val=data["val"][:4], progress=False)
+    small, big = (read_metrics(tmp_path / f"m{m}") for m in (9, 64))
+    for a, b in zip(small, big, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    a, _ = load_reward_model(runs[9].model_dir)
+    b, _ = load_reward_model(runs[64].model_dir)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.allclose(x, y, atol=1e-5), name
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, data) -> None:
+    with pytest.raises(AlignloopError, match="nothing to resume"):
+        train_reward_model(tiny_cfg(), data["train"], tmp_path / "new", resume=True, progress=False)
+
+
+def test_crossval_by_labeler_group_reports_in_group_and_held_out_group_accuracy(tmp_path) -> None:
+    rankings = panel_rankings(60, [4], seed=5, n_groups=3)
+    assert len({r.metadata["labeler_group"] for r in rankings}) == 3
+    res = crossval(tiny_cfg(epochs=1), rankings, k=3, test_fraction=0.25, progress=False)
+    assert [f["fold"] for f in res.folds] == [0, 1, 2]
+    assert sorted(g for f in res.folds for g in f["held_out_groups"]) == ["0", "1", "2"]
+    for f in res.folds:
+        assert 0.0 <= f["in_group_accuracy"] <= 1.0 and f["held_out_pairs"] > 0 and f["in_group_pairs"] > 0
+    mean, std = res.in_group
+    assert mean == pytest.approx(sum(f["in_group_accuracy"] for f in res.folds) / 3) and std >= 0
+    assert "+-" in res.summary() and "held-out group" in res.summary()
+    with pytest.raises(AlignloopError, match="needs at least 5 groups; the data has 3"):
+        crossval(tiny_cfg(), rankings, k=5, progress=False)
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+def test_cli_train_eval_and_errors(tmp_path, data) -> None:
+    runner = CliRunner()
+    write_jsonl(tmp_path / "train.jsonl", data["train"][:16])
+    write_jsonl(tmp_path / "val.jsonl", data["val"][:8])
+    write_jsonl(tmp_path / "demos.jsonl", [Demonstration(r.prompt_id, r.prompt, r.completions[0]) for r in data["val"]])
+    (tmp_path / "rm.yaml").write_text("lr: 0.003\nprompts_per_step: 4\nmodel:\n  name: tiny\n")
+    args = ["rm", "train", "--data", str(tmp_path / "train.jsonl"), "--val", str(tmp_path / "val.jsonl")]
+    args += [
+        "--demos",
+        str(tmp_path / "demos.jsonl"),
+        "--out",
+        str(tmp_path / "run"),
+        "--config",
+        str(tmp_path / "rm.yaml"),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "held-out pairwise accuracy" in result.output and "bias" in result.output
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "lr: 0.003" in saved and "name: tiny" in saved
+    assert json.loads((tmp_path / "run" / "model" / "reward_config.json").read_text())["bias"] != 0.0
+
+    result = runner.invoke(app, ["rm", "eval", str(tmp_path / "run" / "model"), "--data", str(tmp_path / "val.jsonl")])
+    assert result.exit_code == 0 and "pairwise accuracy" in result.output and "(48 pairs)" in result.output
+
+    # bad input: a file that is not rankings, a folder that is not a reward model
+    (tmp_path / "bad.jsonl").write_text(
+        '{"prompt_id": "p", "prompt": "x", "completions": ["a", "b"], "order": [0, 0]}\n'
+    )
+    with pytest.raises(AlignloopError, match=r"bad.jsonl:1: field 'order'"):
+        runner.invoke(
+            app,
+            ["rm", "eval", str(tmp_path / "run" / "model"), "--data", str(tmp_path / "bad.jsonl")],
+            catch_exceptions=False,
+        )
+    with pytest.raises(AlignloopError, match="not a reward model folder"):
+        runner.invoke(app, ["rm", "eval", str(tmp_path), "--data", str(tmp_path / "val.jsonl")], catch_exceptions=False)
