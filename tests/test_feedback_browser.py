@@ -84,14 +84,16 @@ def test_labeler_ranks_by_keyboard_and_ranking_is_stored(tmp_path):
             browser = _launch(pw)
             page = browser.new_page(viewport={"width": 1100, "height": 1000})
             page.goto(f"{base}/login")
-            page.keyboard.type("lena")  # the user name field has autofocus
+            page.wait_for_selector('input[name="username"]:focus')  # autofocus lands after the first paint
+            page.keyboard.type("lena")
             page.keyboard.press("Tab")
             page.keyboard.type("lena-secret-pw")
             page.keyboard.press("Enter")
             page.wait_for_url(f"{base}/tasks")
+            page.wait_for_selector("#start:focus")
             page.keyboard.press("Enter")  # "Start labeling" has focus
             page.wait_for_url("**/tasks/*")
-            page.wait_for_selector("li.completion.focused")
+            page.wait_for_selector('main[data-ready="1"] li.completion.focused')
 
             # Model text is shown as text: the markup is visible, nothing in it ran.
             assert page.locator("#prompt-text").text_content() == item["prompt"]
@@ -118,11 +120,11 @@ def test_labeler_ranks_by_keyboard_and_ranking_is_stored(tmp_path):
             page.wait_for_selector("#status.ok")  # the page says "Saved" once the server answered 201
             assert page.locator("#status").text_content().startswith("Saved")
 
-            page.wait_for_selector('input[name="thumb"]')  # the next task opens by itself
+            page.wait_for_selector('main[data-ready="1"] input[name="thumb"]')  # the next task opens by itself
             page.keyboard.press("d")
             page.keyboard.press("Enter")
             page.wait_for_selector("#status.ok")
-            page.wait_for_selector('input[name="likert"]')
+            page.wait_for_selector('main[data-ready="1"] input[name="likert"]')
             page.keyboard.press("6")
             page.keyboard.press("Enter")
             page.wait_for_selector("#status.ok")

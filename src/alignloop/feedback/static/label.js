@@ -211,4 +211,5 @@
   }
   if (list) render();
   else if (type === "demonstration") document.getElementById("demonstration").focus();
+  main.dataset.ready = "1";  // the key handlers are installed: tests and scripts may start typing
 })();
