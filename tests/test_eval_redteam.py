@@ -107,3 +107,21 @@ def test_human_ratings_count_hallucination_on_closed_domain_prompts_only():
     assert summary["sft"]["likert"] == pytest.approx(10 / 3) and summary["sft"]["flags"]["hallucination"] == 1.0
     assert halluc["sft"]["rate"] == 1.0 and halluc["sft"]["n"] == 2
     assert halluc["ppo"]["rate"] == 0.0 and halluc["ppo"]["n"] == 1
+
+
+def test_limit_applies_to_each_red_team_source(tmp_path) -> None:
+    from alignloop.evaluate.suite import EvalPlan, read_inputs
+
+    path = tmp_path / "redteam.txt"
+    path.write_text("".join(f"Adversarial prompt number {i}?\n" for i in range(5)))
+    plan = EvalPlan(policies=[], out_dir=str(tmp_path / "out"), redteam=str(path), redteam_builtin=True, limit=2)
+    got = read_inputs(plan).redteam
+    assert [p.variant for p in got].count("builtin") == 2  # the file's prompts do not crowd out the built-in set
+    assert [p.text for p in got if p.variant == "file"] == [
+        "Adversarial prompt number 0?",
+        "Adversarial prompt number 1?",
+    ]
+    unlimited = read_inputs(
+        EvalPlan(policies=[], out_dir=str(tmp_path / "o2"), redteam=str(path), redteam_builtin=True)
+    )
+    assert len(unlimited.redteam) == 5 + len(redteam.builtin_prompts())

@@ -188,3 +188,27 @@ def test_model_mode_is_restored(tiny) -> None:
     generate(model, tok, ["Hi"], GenerationConfig(max_new_tokens=2))
     assert model.training
     model.eval()
+
+
+def test_samples_of_one_prompt_share_its_prefill(tiny) -> None:
+    model, tok = tiny
+    prompts = ["Tell me a long story.", "Hi", "Tell me a long story.", "Tell me a long story.", "Hi"]
+    widths: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        cfg = GenerationConfig(max_new_tokens=6, temperature=0.9, batch_size=8)
+        out = generate(model, tok, prompts, cfg, seed=0, return_logprobs=True)
+    finally:
+        hook.remove()
+    assert widths[0][0] == 2  # the prefill ran on the two distinct queries only
+    assert all(w[0] == 5 and w[1] == 1 for w in widths[1:])  # then every row decodes on its own
+    # each row's cache is its own prompt's: greedy rows equal the prompt decoded alone, and the
+    # sampled tokens' log-probabilities equal a fresh forward pass over the whole sequence
+    lp, _ = response_logprobs(
+        model, out.query_ids, out.query_mask, out.response_ids, 0.9, response_mask=out.response_mask
+    )
+    assert torch.allclose(lp, out.logprobs, atol=1e-4)
+    greedy = generate(model, tok, prompts, GenerationConfig(max_new_tokens=6, temperature=0))
+    for i, p in enumerate(prompts):
+        alone = generate(model, tok, [p], GenerationConfig(max_new_tokens=6, temperature=0))
+        assert greedy.response_ids[i].tolist() == alone.response_ids[0].tolist()

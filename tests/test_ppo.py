@@ -229,6 +229,21 @@ def test_value_model_starts_from_the_reward_model(layout: str, lora_r: int) -> N
     assert scorer.score_batch(PROMPTS[:2], texts) == pytest.approx(before, abs=1e-6)  # the RM is untouched
 
 
+def test_shallow_value_model_keeps_the_first_layers_of_the_policy_trunk() -> None:
+    policy, tok = load_policy("tiny")
+    first_block = {k: v.clone() for k, v in policy.model.layers[0].state_dict().items()}
+    trainer = PPOTrainer(small(value_layers=1), policy, letter_e(), PROMPTS, None, tokenizer=tok, progress=False)
+    trunk = trainer.unwrapped_value.trunk
+    assert len(trunk.layers) == 1 and trunk.config.num_hidden_layers == 1
+    assert len(trainer.unwrapped_policy.model.layers) == 2  # the policy keeps all of its layers
+    assert all(torch.equal(v, first_block[k]) for k, v in trunk.layers[0].state_dict().items())
+    assert trunk.layers[0].self_attn.q_proj.weight is not policy.model.layers[0].self_attn.q_proj.weight
+    res = trainer.train()
+    assert res.metrics[-1]["value_loss"] > 0 and trunk.config.num_hidden_layers == 1
+    with pytest.raises(AlignloopError, match="value_layers: the policy has 2 layers"):
+        PPOTrainer(small(value_layers=3), "tiny", letter_e(), PROMPTS, None, progress=False)
+
+
 def test_concurrent_passes_give_exactly_the_sequential_result() -> None:
     """On a CPU the independent passes run side by side on one core each; the numbers must be
     those of running them one after another on one core."""

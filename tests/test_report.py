@@ -80,14 +80,15 @@ def test_report_renders_every_section_and_names_every_policy(tmp_path):
     assert page == run / "report" / "index.html"
     for name, path in POLICIES.items():
         assert f"<td>{name}</td>" in html and path in html
-    for title in ("Win rates against the baseline", "TruthfulQA", "Closed-domain hallucination", "Toxicity",
-                  "Bias", "Alignment tax", "Red teaming", "Reward model over-optimisation"):  # fmt: skip
+    for title in ("Win rates against the baseline", "TruthfulQA", "Closed-domain hallucination", "Toxicity", "Bias",
+                  "Alignment tax", "Red teaming", "Reward model over-optimisation", "PPO training"):  # fmt: skip
         assert title in html
     assert "rated by people (feedback service ratings)" in html and "<td>6.500</td>" in html
     assert "pending: labelers are judging" in html and "feedback campaign 3 with 12 items" in html
     assert "Q&lt;1&gt;?" in html and "A &amp; B" in html  # text from results is escaped
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(images) == 11 == len(list((run / "report").glob("*.png")))
+    assert len(images) == 12 == len(list((run / "report").glob("*.png")))
+    assert len(list((run / "report").glob("*-ppo-training.png"))) == 1  # RM score and KL per iteration
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert "http://" not in html.replace("http://fb", "")  # nothing to fetch: readable offline
     assert "the gold score peaks at sqrt(KL) = 0.474" in html  # gold - 0.5 = 0.949 d - d^2 with d = sqrt(0.1) s

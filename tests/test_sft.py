@@ -279,3 +279,29 @@ def test_cli_sft_trains_resumes_and_reports_bad_input(tmp_path) -> None:
     with pytest.raises(AlignloopError, match="no --val was given"):
         CliRunner().invoke(app, ["sft", "--data", str(tmp_path / "demos.jsonl"), "--out", str(tmp_path / "r3"),
                                  "--judge", "gold"], catch_exceptions=False)  # fmt: skip
+
+
+def test_system_prompt_is_trained_on_and_saved_with_the_policy(tmp_path) -> None:
+    from alignloop.models.loading import format_prompt, set_default_system_prompt
+
+    tok = load_tokenizer("tiny")
+    default = format_prompt(tok, "Name a fruit.")
+    assert "You are a helpful AI assistant" in default  # SmolLM2's own default system message
+    set_default_system_prompt(tok, 'Be "brief".')
+    set_default_system_prompt(tok, "")  # a second call replaces the first, it does not stack
+    short = format_prompt(tok, "Name a fruit.")
+    assert short == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\n"
+    assert len(tok(short)["input_ids"]) < len(tok(default)["input_ids"]) - 10
+    explicit = tok.apply_chat_template(
+        [{"role": "system", "content": "Own."}, {"role": "user", "content": "Hi"}], tokenize=False
+    )
+    assert explicit.startswith("<|im_start|>system\nOwn.<|im_end|>")  # a conversation's own system turn wins
+
+    result = train_sft(tiny_cfg(epochs=1, system_prompt=""), demos(4), None, tmp_path / "run")
+    saved = load_tokenizer(str(result.final_dir))
+    assert format_prompt(saved, "Name a fruit.") == short
+    ex = build_example(saved, "Name a fruit.", ANSWER, max_length=256)
+    assert (
+        ex.input_ids[: len(tok(short, add_special_tokens=False)["input_ids"])]
+        == tok(short, add_special_tokens=False)["input_ids"]
+    )

@@ -128,6 +128,7 @@ class SFTConfig:
     eval_prompts: int = 64  # validation prompts sampled for the scorer's mean score (0 = all)
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64))
     seed: int = 0  # data order (shared by ranks); sampling and dropout use seed + rank
+    system_prompt: str | None = None  # chat system message saved with the policy; null = the template's own
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "keep_checkpoints"):
@@ -231,6 +232,7 @@ class PPOConfig:
     value_model: str = "separate"  # "separate": a trained copy of the RM | "shared": LoRA on the RM's own trunk
     value_lora_r: int = 0  # value model LoRA rank: 0 = train the separate copy in full (shared: 16 when 0)
     value_lr: float = 0.0  # 0 = same as lr
+    value_layers: int = 0  # value model from the policy trunk: keep its first N layers (0 = all)
     whiten_advantages: bool = True
     score_norm: bool = False  # running mean/std normalisation of the RM score before the EOS penalty
     lr_schedule: str = "constant"  # "constant" | "linear" (decay to 0 over the run)
@@ -258,6 +260,8 @@ class PPOConfig:
             raise ValueError("lr must be positive; value_lr, beta, gamma_ptx must be >= 0")
         if self.adaptive_kl and (self.target_kl <= 0 or self.kl_horizon < 1):
             raise ValueError("target_kl, kl_horizon: must be positive with adaptive_kl")
+        if self.value_layers < 0:
+            raise ValueError(f"value_layers: must be >= 0, got {self.value_layers}")
         if self.lora_r < 0 or self.micro_batch_size < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ValueError("lora_r, micro_batch_size, checkpoint_every: must be >= 0; keep_checkpoints >= 1")
 

@@ -10,10 +10,14 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 
 import typer
 
 from alignloop.errors import AlignloopError
+
+# peft asks transformers a deprecated question on every LoRA wrap; nothing a user can act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 # Order here is the order in --help. A module that does not exist yet is skipped.
 COMMAND_MODULES = (

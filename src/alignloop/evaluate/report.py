@@ -136,8 +136,8 @@ class Plotter:
             for ax, key in zip(axes, ("gold_score", "rm_score"), strict=True):
                 xs = [math.sqrt(max(0.0, p["kl"])) for p in pts if p.get(key) is not None]
                 ys = [p[key] for p in pts if p.get(key) is not None]
-                if xs:
-                    ax.plot(xs, ys, marker="o", ms=3, label=label)
+                if xs:  # per-iteration metrics are noisy and not ordered in KL: points, not a line
+                    ax.plot(xs, ys, marker="o", ms=3, ls="none" if label == "training metrics" else "-", label=label)
         if fit:
             d = np.linspace(0, max([math.sqrt(max(0.0, p["kl"])) for c in curves.values() for p in c] + [1e-3]), 50)
             axes[0].plot(d, fit["gold_0"] + d * (fit["alpha"] - fit["beta"] * d), "k--", lw=1, label="fit d(a - b d)")
@@ -146,6 +146,28 @@ class Plotter:
         for ax in axes:
             ax.set_xlabel("sqrt(KL(policy || initial)) [nats^0.5]")
             if ax.lines:
+                ax.legend(fontsize=8)
+        fig.suptitle(title)
+        return self._finish(fig, name, title)
+
+
+    def training_curves(self, name: str, title: str, rows: list[dict[str, Any]]) -> dict:
+        """PPO's RM score, KL and (when logged) gold score per iteration, against episodes seen."""
+        panels = [
+            ("reward model score", {"normalised": "rm_score", "raw": "rm_score_raw"}),
+            ("KL(policy || SFT) per response", {"k1": "kl", "k3": "kl_k3"}),
+            ("gold score (hidden utility)", {"gold": "score_gold"}),
+        ]
+        panels = [(t, keys) for t, keys in panels if any(k in r for r in rows for k in keys.values())]
+        fig, axes = self.plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+        for ax, (panel_title, keys) in zip(axes[0], panels, strict=True):
+            for label, key in keys.items():
+                pts = [(r.get("episodes", r.get("step")), r[key]) for r in rows if r.get(key) is not None]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=label)
+            ax.set_title(panel_title, fontsize=10)
+            ax.set_xlabel("episodes")
+            if len(ax.lines) > 1:
                 ax.legend(fontsize=8)
         fig.suptitle(title)
         return self._finish(fig, name, title)
@@ -561,6 +583,23 @@ def _overopt_section(docs: list[dict[str, Any]], ppo_runs: list[Path], plot: Plo
     return sec
 
 
+def _training_section(ppo_runs: list[Path], plot: Plotter) -> Section:
+    from alignloop.train.runlog import read_metrics
+
+    sec = Section(
+        "ppo-training",
+        "PPO training",
+        "Per PPO iteration: the reward model's score of the rollouts (normalised as PPO saw it, and raw), the KL "
+        "to the SFT policy summed over the response (k1, and the k3 estimator), and the gold score of the same "
+        "rollouts where it was logged.",
+    )
+    for path in ppo_runs:
+        rows = read_metrics(path)
+        if rows:
+            sec.blocks.append(plot.training_curves("ppo-training", f"PPO run {path}", rows))
+    return sec
+
+
 def _overopt_table(sec: Section, pts: list[dict[str, Any]], fit: dict[str, float] | None) -> None:
     step = max(1, len(pts) // 12)
     sec.table(
@@ -625,6 +664,8 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     examples = _examples_section(results["winrate"]) if results.get("winrate") else None
     if examples is not None:
         sections.insert(1, examples)
+    if ppo_runs:
+        sections.append(_training_section(ppo_runs, plot))
     if results.get("overoptimization") or ppo_runs:
         sections.append(_overopt_section(results.get("overoptimization", []), ppo_runs, plot))
     from jinja2 import Environment, FileSystemLoader, select_autoescape

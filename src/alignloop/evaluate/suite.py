@@ -159,12 +159,11 @@ def read_inputs(plan: EvalPlan) -> Inputs:
         inp.hellaswag = alignment_tax.load_hellaswag_jsonl(plan.hellaswag, lim)
     if plan.corpus:
         inp.corpus = alignment_tax.read_corpus(plan.corpus, lim)
+    # --limit applies to each red-team source on its own: a small limit keeps prompts of both.
     if plan.redteam:
-        inp.redteam += redteam.load_redteam_file(plan.redteam)
+        inp.redteam += redteam.load_redteam_file(plan.redteam)[:lim]
     if plan.redteam_builtin:
-        inp.redteam += redteam.builtin_prompts()
-    if inp.redteam:
-        inp.redteam = inp.redteam[:lim] if lim else inp.redteam
+        inp.redteam += redteam.builtin_prompts()[:lim]
     return inp
 
 

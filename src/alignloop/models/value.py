@@ -107,17 +107,45 @@ def value_from_reward_model(
 
 
 def value_from_policy(
-    policy: Any, *, lora_r: int = 0, lora_alpha: int = 32, target_modules: str = "all-linear"
+    policy: Any, *, lora_r: int = 0, lora_alpha: int = 32, target_modules: str = "all-linear", layers: int = 0
 ) -> ValueModel:
     """The fallback: a copy of the policy's trunk with a zero head (V = 0 at the start), trained in
-    full or, with ``lora_r`` > 0, through LoRA adapters on the frozen copy."""
+    full or, with ``lora_r`` > 0, through LoRA adapters on the frozen copy.
+
+    ``layers`` > 0 keeps only the first ``layers`` transformer blocks of the copy (and its final
+    norm). A value function is only PPO's baseline: a shallow one is a fair trade when the value
+    pass would otherwise cost as much as the policy's own (on a CPU it is most of an iteration)."""
     base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-    trunk = _trainable_trunk(copy.deepcopy(base.get_decoder()), lora_r, lora_alpha, target_modules)
+    decoder = base.get_decoder()
+    if layers > 0:
+        decoder = _first_layers(decoder, layers)
+    else:
+        decoder = copy.deepcopy(decoder)
+    trunk = _trainable_trunk(decoder, lora_r, lora_alpha, target_modules)
     dtype = next(trunk.parameters()).dtype
     head = nn.Linear(base.config.hidden_size, 1, dtype=dtype)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     return ValueModel(trunk, head)
+
+
+def _first_layers(decoder: nn.Module, n: int) -> nn.Module:
+    """A copy of ``decoder`` holding only its first ``n`` blocks (the rest are never copied)."""
+    name = next((a for a in ("layers", "h", "blocks") if isinstance(getattr(decoder, a, None), nn.ModuleList)), None)
+    if name is None:
+        raise ValueError(f"value_layers: cannot find the block list of {type(decoder).__name__}")
+    blocks = getattr(decoder, name)
+    if n > len(blocks):
+        raise ValueError(f"value_layers: the policy has {len(blocks)} layers, asked for {n}")
+    dropped = {id(b): None for b in blocks[n:]}  # deepcopy's memo: skip the dropped blocks
+    trunk = copy.deepcopy(decoder, memo=dropped)
+    setattr(trunk, name, nn.ModuleList(list(getattr(trunk, name))[:n]))
+    for attr in ("num_hidden_layers", "n_layer"):  # the copy has its own config (deepcopy)
+        if hasattr(trunk.config, attr):
+            setattr(trunk.config, attr, n)
+    if hasattr(trunk.config, "layer_types") and trunk.config.layer_types is not None:
+        trunk.config.layer_types = list(trunk.config.layer_types)[:n]
+    return trunk
 
 
 def _trainable_trunk(trunk: nn.Module, lora_r: int, lora_alpha: int, target_modules: str) -> nn.Module:

@@ -219,11 +219,15 @@ class PPOTrainer:
             )
         else:
             self.notes.append(f"value model initialised from the policy trunk with a zero head: {why}")
-            value_model = value_from_policy(
-                policy_model,
-                lora_r=cfg.value_lora_r or (16 if cfg.value_model == "shared" else 0),
-                target_modules=cfg.lora_target_modules,
-            )
+            try:
+                value_model = value_from_policy(
+                    policy_model,
+                    lora_r=cfg.value_lora_r or (16 if cfg.value_model == "shared" else 0),
+                    target_modules=cfg.lora_target_modules,
+                    layers=cfg.value_layers,
+                )
+            except ValueError as err:
+                raise AlignloopError(f"ppo config: {err}") from None
         value_model.to(self.device)
         self.rm = rm
 
@@ -245,6 +249,7 @@ class PPOTrainer:
         self.value_opt = _adamw(value_model, cfg.value_lr or cfg.lr, cfg.adam_eps)
         self.policy_sched = _schedule(self.policy_opt, cfg.lr_schedule, n_updates)
         self.value_sched = _schedule(self.value_opt, cfg.lr_schedule, n_updates)
+        self.balanced_experience, self.balanced_update = _lane_balance(policy_model, value_model, self.ref is None)
         self.policy, self.policy_opt = self.acc.prepare(policy_model, self.policy_opt)
         self.value, self.value_opt = self.acc.prepare(value_model, self.value_opt)
         self.kl_ctl = make_kl_controller(cfg.beta, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
@@ -362,19 +367,25 @@ class PPOTrainer:
         # policy with its adapters switched off, and a shared value model switches its adapters on
         # in the RM's trunk; that switch is module state every thread sees (overlapping it would
         # make pi_old == pi_SFT, or score with the value's adapters). The two lanes run side by side.
-        def policy_lane() -> tuple[Tensor, Tensor, Tensor]:
-            logprobs, entropy = self._chunked(self._policy_logprobs, q_ids, q_mask, r_ids, mask)
-            ref_logprobs, _ = self._chunked(self._ref_logprobs, q_ids, q_mask, r_ids, mask)
-            return logprobs, entropy, ref_logprobs
+        # Without LoRA the reference is a model of its own and goes to the other lane (balance).
+        def reference() -> Tensor:
+            return self._chunked(self._ref_logprobs, q_ids, q_mask, r_ids, mask)[0]
 
-        def reward_lane() -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        def policy_lane() -> tuple[Tensor, Tensor, Tensor | None]:
+            logprobs, entropy = self._chunked(self._policy_logprobs, q_ids, q_mask, r_ids, mask)
+            return logprobs, entropy, reference() if self.ref is None else None
+
+        def reward_lane() -> tuple[Tensor | None, Tensor, Tensor, dict[str, Tensor]]:
+            ref_logprobs = reference() if self.ref is not None else None
             (values,) = self._chunked(self._rollout_values, q_ids, q_mask, r_ids, mask)
             rm_scores = torch.tensor(score_all(self.scorer, prompts, gen.texts), dtype=torch.float32)
             extra = {n: torch.tensor(score_all(s, prompts, gen.texts)) for n, s in self.extra_scorers.items()}
-            return values, rm_scores, extra
+            return ref_logprobs, values, rm_scores, extra
 
         with timer.phase("score"):
-            (logprobs, entropy, ref_logprobs), (values, rm_scores, extra) = self._concurrently(policy_lane, reward_lane)
+            lanes = self._concurrently(policy_lane, reward_lane, balanced=self.balanced_experience)
+            (logprobs, entropy, ref_a), (ref_b, values, rm_scores, extra) = lanes
+            ref_logprobs = ref_a if ref_a is not None else ref_b
         rm_scores = rm_scores.to(self.device)
         scores = rm_scores
         if cfg.score_norm:  # running statistics of the whole run, summed over processes
@@ -459,6 +470,7 @@ class PPOTrainer:
                 for stats in self._concurrently(
                     partial(self._policy_step, parts, tokens, iteration, update),
                     partial(self._value_step, parts, tokens),
+                    balanced=self.balanced_update,
                 ):
                     for name, v in stats.items():
                         totals[name] = totals.get(name, 0) + v.detach().double()
@@ -523,12 +535,14 @@ class PPOTrainer:
         self._optimizer_step(self.value, self.value_opt, self.value_sched)
         return stats
 
-    def _concurrently(self, *tasks: Callable[[], Any]) -> list[Any]:
+    def _concurrently(self, *tasks: Callable[[], Any], balanced: bool = True) -> list[Any]:
         """Run independent passes, on their own threads when that pays: one process on a CPU with
-        several cores. Each thread then gets an equal share of the cores, because two passes side
-        by side on one core each beat one pass at a time split over two cores (small matrices
-        parallelise poorly). DDP needs its collectives in the same order on every rank: sequential there."""
-        workers = min(len(tasks), self.threads) if self.concurrent else 1
+        several cores, and passes of similar cost (``balanced``). Each thread then gets an equal
+        share of the cores, because two passes side by side on one core each beat one pass at a
+        time split over two cores; but a short pass beside a long one leaves its core idle, and
+        then one after the other on all cores is faster. DDP needs its collectives in the same
+        order on every rank: sequential there."""
+        workers = min(len(tasks), self.threads) if self.concurrent and balanced else 1
         if workers <= 1:
             return [task() for task in tasks]
         grad = torch.is_grad_enabled()  # thread-local: the workers must inherit the caller's mode
@@ -765,6 +779,27 @@ def _join_generations(parts: Sequence[Generation], pad_id: int) -> Generation:
         texts=[t for g in parts for t in g.texts],
         has_eos=torch.cat([g.has_eos for g in parts]),
     )
+
+
+def _block_params(model: Any) -> int:
+    """Parameters a forward pass multiplies with, per token: all but the token embeddings."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    skip = {id(p) for p in emb.parameters()} if emb is not None else set()
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def _lane_balance(policy: Any, value: ValueModel, lora_reference: bool, ratio: float = 0.5) -> tuple[bool, bool]:
+    """Whether the two lanes of (experience, update) cost about the same (cheaper >= ratio * dearer).
+
+    Experience: policy (+ reference with LoRA) | (reference without LoRA) + value. Update: the
+    policy step | the value step. A value trunk of a few layers makes both lopsided."""
+    p, v = _block_params(policy), _block_params(value.trunk)
+    a, b = (2 * p, v) if lora_reference else (p, p + v)
+
+    def even(x: int, y: int) -> bool:
+        return min(x, y) >= ratio * max(x, y)
+
+    return even(a, b), even(p, v)
 
 
 def _accumulate(into: dict[str, Tensor], stats: Mapping[str, Tensor]) -> None:

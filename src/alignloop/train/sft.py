@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -42,7 +43,7 @@ from alignloop.config import SFTConfig, config_to_dict, load_yaml
 from alignloop.data.records import Demonstration
 from alignloop.errors import AlignloopError
 from alignloop.models.generation import forward_last_logits, generate, query_token_ids
-from alignloop.models.loading import disable_dropout, load_causal_lm, load_tokenizer
+from alignloop.models.loading import disable_dropout, load_causal_lm, load_tokenizer, set_default_system_prompt
 from alignloop.models.scoring import Scorer, score_all
 from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from alignloop.train.distributed import build_accelerator, epoch_order, rank_seed, rank_slice, seed_everything
@@ -219,6 +220,21 @@ def _export(model: Any, tokenizer: Any, out: Path) -> None:
     tmp.rename(out)
 
 
+def _link_folder(src: Path, dst: Path, skip: set[str]) -> None:
+    """``dst`` as a copy of the flat folder ``src`` made of hard links (a copy where links fail)."""
+    import shutil
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in skip:
+            try:
+                os.link(f, dst / f.name)
+            except OSError:
+                shutil.copy2(f, dst / f.name)
+
+
 def _fingerprint(demos: Sequence[Demonstration], ends: Sequence[bool]) -> str:
     h = hashlib.sha1()
     for d, e in zip(demos, ends, strict=True):
@@ -315,6 +331,8 @@ def train_sft(
     acc = build_accelerator(cfg.mixed_precision)
     main = acc.is_main_process
     tokenizer = load_tokenizer(cfg.model.name)
+    if cfg.system_prompt is not None:  # saved with every model of the run, so later stages format alike
+        set_default_system_prompt(tokenizer, cfg.system_prompt)
     pad_id = tokenizer.pad_token_id
     ends = list(ends) if ends is not None else [True] * len(train)
     if len(ends) != len(train):
@@ -439,7 +457,10 @@ def train_sft(
             epoch_t0 = time.perf_counter()
         runlog.log(done, row)
         stopping = stop_at_step is not None and done >= stop_at_step
-        if epoch_end or stopping or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+        # The last step writes final/ instead: a finished run has nothing to resume, and a 135M
+        # model's checkpoint with Adam state is 1.6 GB of writing.
+        periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+        if done < total_steps and (epoch_end or stopping or periodic):
             if main:
                 save_checkpoint(
                     run, done, save_model, optimizer=optimizer, scheduler=scheduler, keep=cfg.keep_checkpoints,
@@ -453,9 +474,13 @@ def train_sft(
             runlog.close()
             return result
 
-    # 6. final model; the best one is final when no validation set chose another
+    # 6. final model; the best one is final when no validation set chose another. When the last
+    #    step was the best, best/ already holds these weights: final/ links its files.
     if main:
-        export_model(acc.unwrap_model(model), tokenizer, run / "final")
+        if best["step"] == total_steps and (run / "best").is_dir():
+            _link_folder(run / "best", run / "final", skip={BEST_INFO})
+        else:
+            export_model(acc.unwrap_model(model), tokenizer, run / "final")
     acc.wait_for_everyone()
     runlog.close()
     result.completed = True
