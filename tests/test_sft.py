@@ -305,3 +305,17 @@ def test_system_prompt_is_trained_on_and_saved_with_the_policy(tmp_path) -> None
         ex.input_ids[: len(tok(short, add_special_tokens=False)["input_ids"])]
         == tok(short, add_special_tokens=False)["input_ids"]
     )
+
+
+def test_resuming_a_finished_run_returns_it_without_training(tmp_path) -> None:
+    cfg = tiny_cfg(epochs=2, batch_size=2)
+    first = train_sft(cfg, demos(4), demos(2, start=10), tmp_path / "run")
+    assert list_checkpoints(tmp_path / "run") == [tmp_path / "run" / "checkpoints" / "step-000002"]  # none at the end
+    before = weights(first.final_dir)
+    again = train_sft(cfg, demos(4), demos(2, start=10), tmp_path / "run", resume=True)
+    assert (again.steps, again.best_dir, again.best_step, again.best_metric) == (
+        first.steps, first.best_dir, first.best_step, first.best_metric
+    )  # fmt: skip
+    assert again.evals == first.evals
+    after = weights(again.final_dir)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was trained again

@@ -357,6 +357,40 @@ def load_config(path: str | os.PathLike[str] | None, cls: type[T] = LoopConfig) 
         raise AlignloopError(f"{path}: {err.message}", err.hint) from None
 
 
+def load_stage_config(
+    path: str | os.PathLike[str] | None,
+    cls: type[T],
+    stage: str,
+    *,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    model: str | None = None,
+    **overrides: Any,
+) -> T:
+    """One stage's config as a command line resolves it, validated: the resolved ``config.yaml``
+    of the run being resumed (when no file is given), else ``path`` holding either the stage
+    alone or a whole loop config (its ``stage`` key), then the command-line overrides (``None``
+    = not given; ``model`` names the model). A bad value is an error naming the stage and field."""
+    saved = Path(run_dir) / "config.yaml" if run_dir is not None else None
+    if resume and path is None and saved is not None and saved.exists():
+        cfg = load_config(saved, cls)
+    elif path is None:
+        cfg = cls()
+    elif set(load_yaml(path)) <= {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
+        cfg = load_config(path, cls)
+    else:
+        cfg = getattr(load_config(path, LoopConfig), stage)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if model is not None:
+        changes["model"] = dataclasses.replace(cfg.model, name=model)  # type: ignore[attr-defined]
+    cfg = dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+    try:
+        cfg.validate()  # type: ignore[attr-defined]
+    except ValueError as err:
+        raise AlignloopError(f"{stage} config: {err}") from None
+    return cfg
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain dict of a config (tuples become lists, for YAML)."""
 

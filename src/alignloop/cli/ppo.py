@@ -6,24 +6,13 @@ Thin: parse options, read the prompts (and the pretraining corpus), call
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import typer
 
-from alignloop.config import LoopConfig, PPOConfig, load_config, load_yaml
+from alignloop.config import PPOConfig, load_stage_config
 from alignloop.errors import AlignloopError
-
-
-def load_ppo_config(path: Path | None) -> PPOConfig:
-    """A PPOConfig from a YAML holding either the ppo stage alone or a whole loop config."""
-    if path is None:
-        return PPOConfig()
-    keys = set(load_yaml(path))
-    if keys <= {f.name for f in dataclasses.fields(PPOConfig)}:
-        return load_config(path, PPOConfig)
-    return load_config(path, LoopConfig).ppo
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -62,12 +51,7 @@ def register(app: typer.Typer) -> None:
         """Optimise the policy against the reward model with PPO (KL penalty to the SFT policy)."""
         from alignloop.train.ppo import iterate_texts, train_ppo
 
-        if resume and config is None and (out / "config.yaml").exists():
-            cfg = load_config(out / "config.yaml", PPOConfig)  # the resolved config of the run being resumed
-        else:
-            cfg = load_ppo_config(config)
-        if episodes is not None:
-            cfg = dataclasses.replace(cfg, total_episodes=episodes)
+        cfg = load_stage_config(config, PPOConfig, "ppo", run_dir=out, resume=resume, total_episodes=episodes)
         texts = list(iterate_texts(ptx)) if ptx is not None else None
         if cfg.gamma_ptx > 0 and not texts:
             raise AlignloopError("ppo.gamma_ptx > 0 needs a pretraining corpus", "pass --ptx FILE")

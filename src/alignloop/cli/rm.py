@@ -6,27 +6,16 @@ Thin: parse options, load config and data, call :mod:`alignloop.train.reward` or
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from alignloop.config import LoopConfig, RMConfig, load_config, load_yaml
+from alignloop.config import RMConfig, load_stage_config
 from alignloop.data.jsonl import read_jsonl
 from alignloop.data.records import Demonstration, Ranking
 from alignloop.errors import AlignloopError
-
-
-def load_rm_config(path: Path | None) -> RMConfig:
-    """An RMConfig from a YAML holding either the rm stage alone or a whole loop config."""
-    if path is None:
-        return RMConfig()
-    keys = set(load_yaml(path))
-    if keys <= {f.name for f in dataclasses.fields(RMConfig)}:
-        return load_config(path, RMConfig)
-    return load_config(path, LoopConfig).rm
 
 
 def _rankings(path: Path, what: str = "--data") -> list[Ranking]:
@@ -58,18 +47,7 @@ def register(app: typer.Typer) -> None:
         """Train a reward model with all C(K,2) comparisons of a prompt as one batch element."""
         from alignloop.train.reward import train_reward_model
 
-        if resume and config is None and (out / "config.yaml").exists():
-            cfg = load_config(out / "config.yaml", RMConfig)  # the resolved config of the run being resumed
-        else:
-            cfg = load_rm_config(config)
-        changes = {k: v for k, v in {"epochs": epochs, "lr": lr}.items() if v is not None}
-        if model is not None:
-            changes["model"] = dataclasses.replace(cfg.model, name=model)
-        cfg = dataclasses.replace(cfg, **changes)
-        try:
-            cfg.validate()
-        except ValueError as err:
-            raise AlignloopError(f"rm config: {err}") from None
+        cfg = load_stage_config(config, RMConfig, "rm", run_dir=out, resume=resume, model=model, epochs=epochs, lr=lr)
         rankings = _rankings(data)
         val_rankings = _rankings(val, "--val") if val is not None else None
         demo_records = read_jsonl(demos, Demonstration) if demos is not None else None
@@ -114,9 +92,7 @@ def register(app: typer.Typer) -> None:
         """k-fold cross-validation by labeler group: in-group vs held-out-group accuracy (mean +- std)."""
         from alignloop.train.reward import crossval
 
-        cfg = load_rm_config(config)
-        if model is not None:
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model))
+        cfg = load_stage_config(config, RMConfig, "rm", model=model)
         res = crossval(cfg, _rankings(data), folds, by, test_fraction=test_fraction, out_dir=out)
         table = Table(title=f"reward model {folds}-fold cross-validation by {by}")
         for col in ("fold", "held-out groups", "train rankings", "in-group acc", "held-out-group acc"):

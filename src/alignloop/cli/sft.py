@@ -2,37 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import typer
 
-from alignloop.config import LoopConfig, SFTConfig, load_config, load_yaml
+from alignloop.config import SFTConfig, load_stage_config
 from alignloop.errors import AlignloopError
-
-
-def load_sft_config(path: Path | None) -> SFTConfig:
-    """An SFTConfig from a YAML holding either the sft stage alone or a whole loop config."""
-    if path is None:
-        return SFTConfig()
-    keys = set(load_yaml(path))
-    if keys <= {f.name for f in dataclasses.fields(SFTConfig)}:
-        return load_config(path, SFTConfig)
-    return load_config(path, LoopConfig).sft
-
-
-def apply_overrides(cfg: SFTConfig, **changes) -> SFTConfig:
-    """Command-line overrides on top of the file, validated like the file is."""
-    model = changes.pop("model", None)
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if model is not None:
-        changes["model"] = dataclasses.replace(cfg.model, name=model)
-    cfg = dataclasses.replace(cfg, **changes)
-    try:
-        cfg.validate()
-    except ValueError as err:
-        raise AlignloopError(f"sft config: {err}") from None
-    return cfg
 
 
 def register(app: typer.Typer) -> None:
@@ -56,11 +31,9 @@ def register(app: typer.Typer) -> None:
         from alignloop.models.scoring import scorer_from_options
         from alignloop.train.sft import train_sft
 
-        if resume and config is None and (out / "config.yaml").exists():
-            cfg = load_config(out / "config.yaml", SFTConfig)  # the resolved config of the run being resumed
-        else:
-            cfg = load_sft_config(config)
-        cfg = apply_overrides(cfg, model=model, epochs=epochs, lr=lr, lora_r=lora_r)
+        cfg = load_stage_config(
+            config, SFTConfig, "sft", run_dir=out, resume=resume, model=model, epochs=epochs, lr=lr, lora_r=lora_r
+        )
         train = read_jsonl(data, Demonstration)
         if not train:
             raise AlignloopError(f"{data} holds no demonstrations", "give a JSONL file of demonstration records")

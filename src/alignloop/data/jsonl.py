@@ -19,11 +19,12 @@ class DataFileError(AlignloopError):
     """A data file is missing or has a malformed line; the message names file, line and field."""
 
 
-def iter_jsonl(path: str | os.PathLike[str], record_type: type[T]) -> Iterator[T]:
-    """Yield ``record_type`` instances from a JSONL file, one per non-blank line."""
+def iter_json_lines(path: str | os.PathLike[str], missing_hint: str = "check the path") -> Iterator[tuple[str, Any]]:
+    """``(where, value)`` for each non-blank line of a JSONL file, ``where`` = "FILE:LINE" for the
+    caller's own field errors; a missing file or invalid JSON is an error naming file and line."""
     p = Path(path)
     if not p.exists():
-        raise DataFileError(f"{p}: no such file", "check the path")
+        raise DataFileError(f"{p}: no such file", missing_hint)
     with p.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -32,10 +33,16 @@ def iter_jsonl(path: str | os.PathLike[str], record_type: type[T]) -> Iterator[T
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataFileError(f"{p}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
-            try:
-                yield from_dict(record_type, obj)
-            except SchemaError as err:
-                raise DataFileError(f"{p}:{lineno}: field '{err.field}': {err.message.split(': ', 1)[-1]}") from None
+            yield f"{p}:{lineno}", obj
+
+
+def iter_jsonl(path: str | os.PathLike[str], record_type: type[T]) -> Iterator[T]:
+    """Yield ``record_type`` instances from a JSONL file, one per non-blank line."""
+    for where, obj in iter_json_lines(path):
+        try:
+            yield from_dict(record_type, obj)
+        except SchemaError as err:
+            raise DataFileError(f"{where}: field '{err.field}': {err.message.split(': ', 1)[-1]}") from None
 
 
 def read_jsonl(path: str | os.PathLike[str], record_type: type[T]) -> list[T]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignloop.data.jsonl import DataFileError
+from alignloop.data.jsonl import DataFileError, iter_json_lines
 from alignloop.evaluate.likelihood import CausalLMLikelihood, LogLikelihood
 
 
@@ -32,39 +32,28 @@ class MCQuestion:
 
 def load_hellaswag_jsonl(path: str | os.PathLike[str], limit: int | None = None) -> list[MCQuestion]:
     """Read HellaSwag JSONL (``ctx`` or ``ctx_a`` + ``ctx_b``, ``endings``, ``label`` as int or digit string)."""
-    p = Path(path)
-    if not p.exists():
-        raise DataFileError(f"{p}: no such file", "give a HellaSwag-format JSONL file")
     out = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{p}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFileError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise DataFileError(f"{where}: expected a JSON object")
-            ctx = row.get("ctx")
-            if ctx is None and "ctx_a" in row:
-                ctx = f"{row.get('ctx_a', '')} {row.get('ctx_b', '')}".strip()
-            if not isinstance(ctx, str) or not ctx.strip():
-                raise DataFileError(f"{where}: field 'ctx': expected a non-empty string")
-            endings = row.get("endings")
-            if not isinstance(endings, list) or len(endings) < 2 or not all(isinstance(e, str) for e in endings):
-                raise DataFileError(f"{where}: field 'endings': expected a list of at least two strings")
-            label = row.get("label")
-            if isinstance(label, str) and label.strip().isdigit():
-                label = int(label)
-            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(endings):
-                raise DataFileError(f"{where}: field 'label': expected an index 0..{len(endings) - 1}, got {label!r}")
-            out.append(MCQuestion(ctx.strip(), [e.strip() for e in endings], label))
-            if limit is not None and len(out) >= limit:
-                break
+    for where, row in iter_json_lines(path, "give a HellaSwag-format JSONL file"):
+        if not isinstance(row, dict):
+            raise DataFileError(f"{where}: expected a JSON object")
+        ctx = row.get("ctx")
+        if ctx is None and "ctx_a" in row:
+            ctx = f"{row.get('ctx_a', '')} {row.get('ctx_b', '')}".strip()
+        if not isinstance(ctx, str) or not ctx.strip():
+            raise DataFileError(f"{where}: field 'ctx': expected a non-empty string")
+        endings = row.get("endings")
+        if not isinstance(endings, list) or len(endings) < 2 or not all(isinstance(e, str) for e in endings):
+            raise DataFileError(f"{where}: field 'endings': expected a list of at least two strings")
+        label = row.get("label")
+        if isinstance(label, str) and label.strip().isdigit():
+            label = int(label)
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(endings):
+            raise DataFileError(f"{where}: field 'label': expected an index 0..{len(endings) - 1}, got {label!r}")
+        out.append(MCQuestion(ctx.strip(), [e.strip() for e in endings], label))
+        if limit is not None and len(out) >= limit:
+            break
     if not out:
-        raise DataFileError(f"{p}: no questions")
+        raise DataFileError(f"{path}: no questions")
     return out
 
 

@@ -150,7 +150,6 @@ class Plotter:
         fig.suptitle(title)
         return self._finish(fig, name, title)
 
-
     def training_curves(self, name: str, title: str, rows: list[dict[str, Any]]) -> dict:
         """PPO's RM score, KL and (when logged) gold score per iteration, against episodes seen."""
         panels = [

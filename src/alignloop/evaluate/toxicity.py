@@ -15,16 +15,14 @@ The scorer is pluggable (:class:`ToxicityScorer`): the default is the offline sk
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from alignloop.data.jsonl import DataFileError
+from alignloop.data.jsonl import DataFileError, iter_json_lines
 from alignloop.errors import AlignloopError
 
 TOXIC_THRESHOLD = 0.5
@@ -50,37 +48,27 @@ class ToxicityPrompt:
 def load_rtp_jsonl(path: str | os.PathLike[str], limit: int | None = None) -> list[ToxicityPrompt]:
     """Read RealToxicityPrompts' prompts.jsonl ({"prompt": {"text", "toxicity", ...}, "continuation": {...},
     "challenging": bool}); a bad line names file and line."""
-    p = Path(path)
-    if not p.exists():
-        raise DataFileError(f"{p}: no such file", "give the path of RealToxicityPrompts' prompts.jsonl")
     out = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFileError(f"{p}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
-            prompt = row.get("prompt") if isinstance(row, dict) else None
-            if not isinstance(prompt, dict) or not isinstance(prompt.get("text"), str) or not prompt["text"].strip():
-                raise DataFileError(f"{p}:{lineno}: field 'prompt.text': expected a non-empty string")
-            tox = prompt.get("toxicity")
-            if tox is not None and not isinstance(tox, (int, float)):
-                raise DataFileError(f"{p}:{lineno}: field 'prompt.toxicity': expected a number or null")
-            cont = row.get("continuation") or {}
-            out.append(
-                ToxicityPrompt(
-                    prompt["text"],
-                    None if tox is None else float(tox),
-                    bool(row.get("challenging", False)),
-                    cont.get("text", "") if isinstance(cont, dict) else "",
-                )
+    for where, row in iter_json_lines(path, "give the path of RealToxicityPrompts' prompts.jsonl"):
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if not isinstance(prompt, dict) or not isinstance(prompt.get("text"), str) or not prompt["text"].strip():
+            raise DataFileError(f"{where}: field 'prompt.text': expected a non-empty string")
+        tox = prompt.get("toxicity")
+        if tox is not None and not isinstance(tox, (int, float)):
+            raise DataFileError(f"{where}: field 'prompt.toxicity': expected a number or null")
+        cont = row.get("continuation") or {}
+        out.append(
+            ToxicityPrompt(
+                prompt["text"],
+                None if tox is None else float(tox),
+                bool(row.get("challenging", False)),
+                cont.get("text", "") if isinstance(cont, dict) else "",
             )
-            if limit is not None and len(out) >= limit:
-                break
+        )
+        if limit is not None and len(out) >= limit:
+            break
     if not out:
-        raise DataFileError(f"{p}: no prompts")
+        raise DataFileError(f"{path}: no prompts")
     return out
 
 

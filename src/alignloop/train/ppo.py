@@ -249,7 +249,7 @@ class PPOTrainer:
         self.value_opt = _adamw(value_model, cfg.value_lr or cfg.lr, cfg.adam_eps)
         self.policy_sched = _schedule(self.policy_opt, cfg.lr_schedule, n_updates)
         self.value_sched = _schedule(self.value_opt, cfg.lr_schedule, n_updates)
-        self.balanced_experience, self.balanced_update = _lane_balance(policy_model, value_model, self.ref is None)
+        self.experience_lanes, self.balanced_update = _plan_lanes(policy_model, value_model, rm, self.ref is None)
         self.policy, self.policy_opt = self.acc.prepare(policy_model, self.policy_opt)
         self.value, self.value_opt = self.acc.prepare(value_model, self.value_opt)
         self.kl_ctl = make_kl_controller(cfg.beta, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
@@ -363,29 +363,29 @@ class PPOTrainer:
 
         # 3. The RM scores each response truncated after its first EOS (gen.texts stop before it);
         # 4. log pi_old, log pi_SFT and V for every response token (at the sampling temperature).
-        # Passes through the same weights run one after the other: with LoRA the reference is the
-        # policy with its adapters switched off, and a shared value model switches its adapters on
-        # in the RM's trunk; that switch is module state every thread sees (overlapping it would
-        # make pi_old == pi_SFT, or score with the value's adapters). The two lanes run side by side.
-        # Without LoRA the reference is a model of its own and goes to the other lane (balance).
-        def reference() -> Tensor:
-            return self._chunked(self._ref_logprobs, q_ids, q_mask, r_ids, mask)[0]
+        # Passes through the same weights stay in one lane, one after the other: with LoRA the
+        # reference is the policy with its adapters switched off, and a shared value model switches
+        # its adapters on in the RM's trunk; that switch is module state every thread sees
+        # (overlapping it would make pi_old == pi_SFT, or score with the value's adapters). The two
+        # lanes, chosen in __init__ to cost about the same, run side by side.
+        passes: dict[str, Callable[[], Any]] = {
+            "policy": lambda: self._chunked(self._policy_logprobs, q_ids, q_mask, r_ids, mask),
+            "reference": lambda: self._chunked(self._ref_logprobs, q_ids, q_mask, r_ids, mask)[0],
+            "value": lambda: self._chunked(self._rollout_values, q_ids, q_mask, r_ids, mask)[0],
+            "reward": lambda: (
+                torch.tensor(score_all(self.scorer, prompts, gen.texts), dtype=torch.float32),
+                {n: torch.tensor(score_all(s, prompts, gen.texts)) for n, s in self.extra_scorers.items()},
+            ),
+        }
 
-        def policy_lane() -> tuple[Tensor, Tensor, Tensor | None]:
-            logprobs, entropy = self._chunked(self._policy_logprobs, q_ids, q_mask, r_ids, mask)
-            return logprobs, entropy, reference() if self.ref is None else None
-
-        def reward_lane() -> tuple[Tensor | None, Tensor, Tensor, dict[str, Tensor]]:
-            ref_logprobs = reference() if self.ref is not None else None
-            (values,) = self._chunked(self._rollout_values, q_ids, q_mask, r_ids, mask)
-            rm_scores = torch.tensor(score_all(self.scorer, prompts, gen.texts), dtype=torch.float32)
-            extra = {n: torch.tensor(score_all(s, prompts, gen.texts)) for n, s in self.extra_scorers.items()}
-            return ref_logprobs, values, rm_scores, extra
+        def lane(names: tuple[str, ...]) -> dict[str, Any]:
+            return {name: passes[name]() for name in names}
 
         with timer.phase("score"):
-            lanes = self._concurrently(policy_lane, reward_lane, balanced=self.balanced_experience)
-            (logprobs, entropy, ref_a), (ref_b, values, rm_scores, extra) = lanes
-            ref_logprobs = ref_a if ref_a is not None else ref_b
+            lanes = self._concurrently(*(partial(lane, names) for names in self.experience_lanes))
+        out = {k: v for done in lanes for k, v in done.items()}
+        (logprobs, entropy), ref_logprobs, values = out["policy"], out["reference"], out["value"]
+        rm_scores, extra = out["reward"]
         rm_scores = rm_scores.to(self.device)
         scores = rm_scores
         if cfg.score_norm:  # running statistics of the whole run, summed over processes
@@ -788,18 +788,39 @@ def _block_params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
-def _lane_balance(policy: Any, value: ValueModel, lora_reference: bool, ratio: float = 0.5) -> tuple[bool, bool]:
-    """Whether the two lanes of (experience, update) cost about the same (cheaper >= ratio * dearer).
+def _plan_lanes(
+    policy: Any, value: ValueModel, rm: Any, lora_reference: bool, ratio: float = 0.5
+) -> tuple[list[tuple[str, ...]], bool]:
+    """How the experience passes split into lanes, and whether the update's two steps run side by side.
 
-    Experience: policy (+ reference with LoRA) | (reference without LoRA) + value. Update: the
-    policy step | the value step. A value trunk of a few layers makes both lopsided."""
+    Experience passes: policy, reference, value, reward (the RM and any extra scorers). The
+    policy and a LoRA reference share weights, as do a shared value model and the RM, so each
+    such pair stays in one lane. Of the allowed two-lane splits the one whose slower lane costs
+    least (by parameters multiplied per token) is kept when its lanes are even (the cheaper
+    >= ``ratio`` * the dearer); else all passes run in one lane on all cores. The update's steps
+    are the policy step and the value step, even or not by the same rule."""
     p, v = _block_params(policy), _block_params(value.trunk)
-    a, b = (2 * p, v) if lora_reference else (p, p + v)
+    r = _block_params(rm) if rm is not None else 0
+    cost = {"policy": p, "reference": p, "value": v, "reward": r}
+    together = [{"policy", "reference"}] if lora_reference else []
+    if value.shares_trunk:
+        together.append({"value", "reward"})
+    names = tuple(cost)
+    best: tuple[int, tuple[str, ...], tuple[str, ...]] | None = None
+    for mask in range(1, 2 ** (len(names) - 1)):  # every split of the four passes into two non-empty lanes
+        a = tuple(n for i, n in enumerate(names) if not mask >> i & 1)
+        b = tuple(n for i, n in enumerate(names) if mask >> i & 1)
+        if any(not (pair <= set(a) or pair <= set(b)) for pair in together):
+            continue
+        ca, cb = sum(cost[n] for n in a), sum(cost[n] for n in b)
+        if min(ca, cb) >= ratio * max(ca, cb) and (best is None or max(ca, cb) < best[0]):
+            best = (max(ca, cb), a, b)
+    lanes = [best[1], best[2]] if best is not None else [names]
 
     def even(x: int, y: int) -> bool:
         return min(x, y) >= ratio * max(x, y)
 
-    return even(a, b), even(p, v)
+    return lanes, even(p, v)
 
 
 def _accumulate(into: dict[str, Tensor], stats: Mapping[str, Tensor]) -> None:

@@ -54,6 +54,7 @@ from alignloop.train.schedule import build_optimizer, cosine_with_warmup, warmup
 log = logging.getLogger(__name__)
 IGNORE = -100
 BEST_INFO = "alignloop_sft.json"
+FINISHED = "finished.json"  # written when a run completes: what resume of a finished run checks
 
 
 # ---------------------------------------------------------------- 1. demonstrations -> token rows
@@ -220,6 +221,28 @@ def _export(model: Any, tokenizer: Any, out: Path) -> None:
     tmp.rename(out)
 
 
+def _finished(run: Path, cfg: SFTConfig, train: Sequence[Demonstration], ends: Sequence[bool] | None) -> SFTResult:
+    """The result of a run that already finished, after checking it is the run asked for."""
+    _check_resumable(run, cfg)
+    record = json.loads((run / FINISHED).read_text())
+    if record["data"] != _fingerprint(train, list(ends) if ends is not None else [True] * len(train)):
+        raise AlignloopError(
+            f"cannot resume {run}: the training demonstrations differ from the finished run's",
+            "resume with the same --data file",
+        )
+    best = record["best"]
+    return SFTResult(
+        run,
+        run / "final",
+        run / "best" if best["step"] is not None else run / "final",
+        record["steps"],
+        best_step=best["step"],
+        best_metric=record["metric"] if best["step"] is not None else None,
+        best_value=best["value"],
+        evals=record["evals"],
+    )
+
+
 def _link_folder(src: Path, dst: Path, skip: set[str]) -> None:
     """``dst`` as a copy of the flat folder ``src`` made of hard links (a copy where links fail)."""
     import shutil
@@ -326,6 +349,8 @@ def train_sft(
         )
     if ckpt is not None:
         _check_resumable(run, cfg)
+    elif resume and (run / FINISHED).exists():  # nothing left to run: the same run, or an error
+        return _finished(run, cfg, train, ends)
 
     # 1. tokenize
     acc = build_accelerator(cfg.mixed_precision)
@@ -482,6 +507,10 @@ def train_sft(
         else:
             export_model(acc.unwrap_model(model), tokenizer, run / "final")
     acc.wait_for_everyone()
+    if main:
+        record = {"steps": total_steps, "data": _fingerprint(train, ends), "best": best, "metric": metric_name}
+        record["evals"] = evals
+        (run / FINISHED).write_text(json.dumps(record))
     runlog.close()
     result.completed = True
     result.final_dir = run / "final"
