@@ -98,14 +98,16 @@ def sample_completions(
     gen: GenerationConfig,
     seed: int,
     dtype: str = "float32",
+    progress: str | None = None,
 ) -> list[list[str]]:
-    """K sampled completions per prompt from a policy folder (or a loaded (model, tokenizer))."""
+    """K sampled completions per prompt from a policy folder (or a loaded (model, tokenizer));
+    ``progress`` names a progress bar."""
     from alignloop.models import load_policy
     from alignloop.models.generation import generate
 
     model, tok = load_policy(policy, dtype) if isinstance(policy, str) else policy
     flat = [p for p in prompts for _ in range(k)]
-    texts = generate(model, tok, flat, gen, seed=seed).texts
+    texts = generate(model, tok, flat, gen, seed=seed, progress=progress).texts
     return [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
 
 
@@ -129,7 +131,8 @@ def gold_win_rate(
 
     texts = [p.text for p in prompts]
     samples = {
-        name: sample_completions(path, texts, samples_per_prompt, gen, seed, dtype) for name, path in policies.items()
+        name: sample_completions(path, texts, samples_per_prompt, gen, seed, dtype, progress=f"evaluating {name}")
+        for name, path in policies.items()
     }
     result = evaluate_win_rates(
         ScoreJudge(judge, "gold"), [p.id for p in prompts], texts, samples, baseline, n_bootstrap=n_bootstrap, seed=seed
@@ -184,7 +187,7 @@ def run_round(
     t0 = time.perf_counter()
     log(f"round {index}: sampling {cfg.k} completions for {len(rm_prompts)} prompts from {policy}")
     comps = sample_completions(
-        policy, [p.text for p in rm_prompts], cfg.k, cfg.ranking_generation, seed, cfg.policy.dtype
+        policy, [p.text for p in rm_prompts], cfg.k, cfg.ranking_generation, seed, cfg.policy.dtype, "sampling"
     )
     write_jsonl(
         rdir / "samples.jsonl",

@@ -231,13 +231,17 @@ def generate(
     return_logprobs: bool = False,
     formatted: bool = True,
     stop_token_ids: Sequence[int] | None = None,
+    progress: str | None = None,
 ) -> Generation:
     """Sample one response per prompt, in micro-batches of ``config.batch_size``.
 
     ``prompts`` are raw instructions, chat-formatted here (``formatted=False`` sends them as
     they are). Sampling draws from ``generator`` (or a new one seeded with ``seed``; neither =
     the global RNG). Dropout is off while sampling and the model's train/eval mode is restored.
+    ``progress`` names a progress bar over the micro-batches (none when None).
     """
+    from alignloop.train.runlog import track
+
     config = config or GenerationConfig()
     model = _unwrap(model)
     device = _device(model)
@@ -251,7 +255,8 @@ def generate(
     model.eval()
     parts = []
     try:
-        for i in range(0, len(rows), max(1, config.batch_size)):
+        starts = range(0, len(rows), max(1, config.batch_size))
+        for i in track(starts, progress or "", enabled=progress is not None):
             q_ids, q_mask = left_pad(rows[i : i + config.batch_size], pad_id)
             q_ids, q_mask = q_ids.to(device), q_mask.to(device)
             r_ids, r_mask, eos, lps = _sample_micro_batch(
