@@ -145,13 +145,12 @@ def _prefill(model: Any, query_ids: torch.Tensor, attention: torch.Tensor, posit
     uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
     if uniq.shape[0] < rows.shape[0]:
         width = query_ids.shape[1]
-        first = torch.full((uniq.shape[0],), rows.shape[0], dtype=torch.long, device=rows.device)
-        first = first.scatter_reduce(0, inverse, torch.arange(rows.shape[0], device=rows.device), "amin")
+        mask = uniq[:, width:]
         out = _forward(
             model,
             input_ids=uniq[:, :width],
-            attention_mask=uniq[:, width:],
-            position_ids=positions[first],
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
             use_cache=True,
         )
         if hasattr(out.past_key_values, "reorder_cache"):

@@ -799,6 +799,10 @@ def _plan_lanes(
     least (by parameters multiplied per token) is kept when its lanes are even (the cheaper
     >= ``ratio`` * the dearer); else all passes run in one lane on all cores. The update's steps
     are the policy step and the value step, even or not by the same rule."""
+
+    def even(x: int, y: int) -> bool:
+        return min(x, y) >= ratio * max(x, y)
+
     p, v = _block_params(policy), _block_params(value.trunk)
     r = _block_params(rm) if rm is not None else 0
     cost = {"policy": p, "reference": p, "value": v, "reward": r}
@@ -813,13 +817,9 @@ def _plan_lanes(
         if any(not (pair <= set(a) or pair <= set(b)) for pair in together):
             continue
         ca, cb = sum(cost[n] for n in a), sum(cost[n] for n in b)
-        if min(ca, cb) >= ratio * max(ca, cb) and (best is None or max(ca, cb) < best[0]):
+        if even(ca, cb) and (best is None or max(ca, cb) < best[0]):
             best = (max(ca, cb), a, b)
     lanes = [best[1], best[2]] if best is not None else [names]
-
-    def even(x: int, y: int) -> bool:
-        return min(x, y) >= ratio * max(x, y)
-
     return lanes, even(p, v)
 
 

@@ -221,23 +221,29 @@ def _export(model: Any, tokenizer: Any, out: Path) -> None:
     tmp.rename(out)
 
 
-def _finished(run: Path, cfg: SFTConfig, train: Sequence[Demonstration], ends: Sequence[bool] | None) -> SFTResult:
+def _finished(run: Path, cfg: SFTConfig, fingerprint: str) -> SFTResult:
     """The result of a run that already finished, after checking it is the run asked for."""
     _check_resumable(run, cfg)
     record = json.loads((run / FINISHED).read_text())
-    if record["data"] != _fingerprint(train, list(ends) if ends is not None else [True] * len(train)):
+    if record["data"] != fingerprint:
         raise AlignloopError(
             f"cannot resume {run}: the training demonstrations differ from the finished run's",
             "resume with the same --data file",
         )
+    return _finished_result(run, record)
+
+
+def _finished_result(run: Path, record: dict[str, Any]) -> SFTResult:
+    """A finished run's result from its record (what ``finished.json`` holds)."""
     best = record["best"]
+    chosen = best["step"] is not None
     return SFTResult(
         run,
         run / "final",
-        run / "best" if best["step"] is not None else run / "final",
+        run / "best" if chosen else run / "final",
         record["steps"],
         best_step=best["step"],
-        best_metric=record["metric"] if best["step"] is not None else None,
+        best_metric=record["metric"] if chosen else None,
         best_value=best["value"],
         evals=record["evals"],
     )
@@ -347,10 +353,13 @@ def train_sft(
         raise AlignloopError(
             f"{run} already holds an SFT run", "pass --resume to continue it, or choose another --out folder"
         )
+    ends = list(ends) if ends is not None else [True] * len(train)
+    if len(ends) != len(train):
+        raise ValueError(f"ends: {len(ends)} flags for {len(train)} demonstrations")
     if ckpt is not None:
         _check_resumable(run, cfg)
     elif resume and (run / FINISHED).exists():  # nothing left to run: the same run, or an error
-        return _finished(run, cfg, train, ends)
+        return _finished(run, cfg, _fingerprint(train, ends))
 
     # 1. tokenize
     acc = build_accelerator(cfg.mixed_precision)
@@ -359,9 +368,6 @@ def train_sft(
     if cfg.system_prompt is not None:  # saved with every model of the run, so later stages format alike
         set_default_system_prompt(tokenizer, cfg.system_prompt)
     pad_id = tokenizer.pad_token_id
-    ends = list(ends) if ends is not None else [True] * len(train)
-    if len(ends) != len(train):
-        raise ValueError(f"ends: {len(ends)} flags for {len(train)} demonstrations")
     train_ex = [
         build_example(tokenizer, d.prompt, d.completion, cfg.max_length, e) for d, e in zip(train, ends, strict=True)
     ]
@@ -507,15 +513,9 @@ def train_sft(
         else:
             export_model(acc.unwrap_model(model), tokenizer, run / "final")
     acc.wait_for_everyone()
+    record = {"steps": total_steps, "data": _fingerprint(train, ends), "best": best, "metric": metric_name}
+    record["evals"] = evals
     if main:
-        record = {"steps": total_steps, "data": _fingerprint(train, ends), "best": best, "metric": metric_name}
-        record["evals"] = evals
         (run / FINISHED).write_text(json.dumps(record))
     runlog.close()
-    result.completed = True
-    result.final_dir = run / "final"
-    result.best_dir = run / "best" if best["step"] is not None else run / "final"
-    result.best_step, result.best_value = best["step"], best["value"]
-    result.best_metric = metric_name if best["step"] is not None else None
-    result.evals = evals
-    return result
+    return _finished_result(run, record)
