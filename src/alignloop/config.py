@@ -103,6 +103,29 @@ class GenerationConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How a stage trains on its devices: sharding, compute precision, activation memory.
+
+    Chosen here and applied by alignloop itself (``train/distributed.py``), so that the same
+    setting means the same thing on one CPU, on GPUs and across machines: ``accelerate launch``
+    or ``torchrun`` only start the processes. (Accelerate's own ``distributed_type: FSDP`` is
+    silently dropped on a CPU-only machine, so it cannot be what selects sharding.)
+    """
+
+    strategy: str = "ddp"  # "ddp": full replica per process | "fsdp": FSDP2 fully_shard, params/grads/optimizer sharded
+    dtype: str = "fp32"  # compute precision: "bf16" | "fp16" autocast; trainable weights and optimizer stay fp32
+    frozen_dtype: str = "fp32"  # weights of frozen models (PPO reference and reward model): "bf16" halves them
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+
+    def validate(self) -> None:
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"distributed.strategy: must be ddp or fsdp, got {self.strategy!r}")
+        for name in ("dtype", "frozen_dtype"):
+            if getattr(self, name) not in ("fp32", "bf16", "fp16"):
+                raise ValueError(f"distributed.{name}: must be fp32, bf16 or fp16, got {getattr(self, name)!r}")
+
+
+@dataclass
 class SFTConfig:
     """Supervised fine-tuning on demonstrations (paper section 3.5: 16 epochs, cosine decay, dropout 0.2)."""
 
@@ -129,8 +152,10 @@ class SFTConfig:
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64))
     seed: int = 0  # data order (shared by ranks); sampling and dropout use seed + rank
     system_prompt: str | None = None  # chat system message saved with the policy; null = the template's own
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> None:
+        self.distributed.validate()
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
@@ -189,8 +214,10 @@ class RMConfig:
     val_fraction: float = 0.1  # share of prompts held out when no validation file is given
     eval_every: int = 0  # steps between held-out evaluations; 0 = at each epoch end
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> None:
+        self.distributed.validate()
         if self.backbone not in ("auto", "causal", "encoder"):
             raise ValueError(f"backbone: must be auto, causal or encoder, got {self.backbone!r}")
         if self.pooling not in ("auto", "last", "mean", "cls"):
@@ -243,8 +270,10 @@ class PPOConfig:
     ptx_max_length: int = 128
     keep_checkpoints: int = 2
     concurrent_passes: bool = True  # one process on a CPU: independent passes (policy/value) run side by side
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> None:
+        self.distributed.validate()
         for name in ("total_episodes", "batch_size", "minibatch_size", "ppo_epochs", "ptx_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")

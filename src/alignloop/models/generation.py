@@ -107,6 +107,21 @@ def sample_next_token(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _all_finished(model: Any, finished: torch.Tensor) -> bool:
+    """Whether every row has ended. Under FSDP every process must run the same number of forward
+    passes (each gathers the shards), so decoding stops when all rows of every process have ended."""
+    from alignloop.train.distributed import is_sharded
+
+    done = finished.all()
+    if is_sharded(model):
+        import torch.distributed as dist
+
+        flag = done.to(torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        done = flag.bool()
+    return bool(done)
+
+
 def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
@@ -190,7 +205,7 @@ def _sample_micro_batch(
             logps.append(torch.where(finished, torch.zeros_like(lp), lp))
         tokens.append(next_tok)
         finished = finished | torch.isin(next_tok, eos_ids)
-        if bool(finished.all()) or t == config.max_new_tokens - 1:
+        if _all_finished(model, finished) or t == config.max_new_tokens - 1:
             break
         # 2. decode: feed the new token; finished rows keep decoding pads that nothing reads
         attention = torch.cat([attention, attention.new_ones(batch, 1)], dim=1)

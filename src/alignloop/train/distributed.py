@@ -16,12 +16,16 @@ import numpy as np
 import torch
 
 
-def build_accelerator(mixed_precision: str = "no", cpu: bool = False) -> Any:
-    """An ``accelerate.Accelerator`` (single process when not launched with ``accelerate launch``/torchrun)."""
+def build_accelerator(cpu: bool | None = None) -> Any:
+    """An ``accelerate.Accelerator`` (single process when not launched with ``accelerate launch``/torchrun).
+
+    It only connects the processes and picks the device (the CPU when no GPU is visible, so a
+    multi-process CPU launch runs over gloo); precision and sharding are set by :class:`Precision`
+    and :func:`place_model`, never by Accelerate."""
     os.environ.setdefault("ACCELERATE_DISABLE_RICH", "1")
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    return Accelerator(cpu=default_cpu() if cpu is None else cpu)
 
 
 def rank_seed(seed: int, process_index: int) -> int:
@@ -56,3 +60,244 @@ def step_indices(order: Sequence[int], step: int, global_batch: int, world: int)
 def rank_slice(indices: Sequence[int], process_index: int, world: int) -> list[int]:
     """This rank's share of a global list of indices (strided, so shares differ by at most one)."""
     return list(indices[process_index::world])
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices, compute precision, sharding: what ``distributed:`` in a stage config selects.
+#
+# Accelerate only starts and connects the processes (``build_accelerator``). Mixed precision is
+# ours rather than Accelerate's because Accelerate's setting is process-wide (a second trainer in
+# the same process with another precision is refused), and sharding is ours because Accelerate
+# drops ``distributed_type: FSDP`` on a CPU-only machine. FSDP2's ``fully_shard`` is the same
+# call over gloo on CPUs and over NCCL on GPUs, so what the CPU tests check is what GPUs run.
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODEL_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def default_cpu() -> bool:
+    """Run on the CPU when no GPU is visible (Accelerate would otherwise ignore a multi-process
+    CPU launch and leave every process training alone)."""
+    return not torch.cuda.is_available()
+
+
+def on_cuda(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+class Precision:
+    """One trainer's compute precision: ``fp32``, or ``bf16``/``fp16`` autocast over fp32 weights.
+
+    The trainable weights and the optimizer state stay fp32 (master weights): autocast runs the
+    matrix products in the low precision and keeps reductions (softmax, losses) in fp32. fp16's
+    narrow exponent also needs loss scaling, which :meth:`backward` and :meth:`step` apply."""
+
+    def __init__(self, name: str, device: torch.device | str) -> None:
+        from alignloop.errors import AlignloopError
+
+        if name not in AUTOCAST_DTYPES:
+            raise AlignloopError(f"unknown dtype {name!r}", "use fp32, bf16 or fp16")
+        self.device = torch.device(device)
+        if name == "fp16" and self.device.type != "cuda":
+            raise AlignloopError("dtype fp16 needs a GPU (loss scaling and fp16 kernels)", "use --dtype bf16 on a CPU")
+        self.name, self.dtype = name, AUTOCAST_DTYPES[name]
+        self.scaler = torch.amp.GradScaler(self.device.type) if name == "fp16" else None
+
+    def autocast(self) -> Any:
+        import contextlib
+
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def wrap(self, model: Any) -> Any:
+        """Make every call of ``model`` (training, evaluation, sampling) run under autocast."""
+        if self.dtype is None or getattr(model, "_alignloop_autocast", None) == self.name:
+            return model
+        inner = model.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            with self.autocast():
+                return inner(*args, **kwargs)
+
+        model.forward = forward
+        model._alignloop_autocast = self.name
+        return model
+
+    def backward(self, accelerator: Any, loss: torch.Tensor) -> None:
+        accelerator.backward(self.scaler.scale(loss) if self.scaler is not None else loss)
+
+    def step(self, optimizer: Any, params: Sequence[torch.nn.Parameter], max_grad_norm: float) -> float | None:
+        """Unscale (fp16), clip to ``max_grad_norm`` (0 = no clipping), step; the gradient norm or None."""
+        opt = getattr(optimizer, "optimizer", optimizer)  # under an Accelerate wrapper
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        norm = None
+        if max_grad_norm > 0:
+            total = torch.nn.utils.clip_grad_norm_(list(params), max_grad_norm)
+            if hasattr(total, "full_tensor"):  # a DTensor under FSDP
+                total = total.full_tensor()
+            norm = float(total)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+        return norm
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each block's activations in backward instead of keeping them (memory for compute).
+    Non-reentrant checkpointing works with frozen inputs (LoRA) and with FSDP."""
+    found = False
+    for m in model.modules():
+        if hasattr(m, "gradient_checkpointing_enable") and getattr(m, "supports_gradient_checkpointing", False):
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            found = True
+            break
+    if not found:
+        from alignloop.errors import AlignloopError
+
+        raise AlignloopError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+
+
+def is_sharded(model: Any) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """FSDP2: each transformer block its own shard group, then the rest (embeddings, heads) at the root.
+
+    Parameters, gradients and the optimizer state built on them afterwards are split over the
+    processes (each holds about 1/world of every block); a block's weights are gathered for its
+    forward and backward only. Frozen and trainable parameters may share a block (LoRA). A meta
+    copy of the unsharded module is kept on the main process, the skeleton :func:`gathered_model`
+    fills to save a plain Hugging Face folder."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    skeleton = copy.deepcopy(model).to("meta") if rank == 0 else None
+    model.to(device)
+    mesh = init_device_mesh(device.type, (world,))
+    done: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and not any(name.startswith(d + ".") for d in done):
+            for i, block in enumerate(module):
+                if any(True for _ in block.parameters()):
+                    fully_shard(block, mesh=mesh)
+                    done.append(f"{name}.{i}")
+    fully_shard(model, mesh=mesh)
+    object.__setattr__(model, "_alignloop_skeleton", skeleton)  # not a submodule: no hooks, no state_dict
+    return model
+
+
+def place_model(model: Any, accelerator: Any, strategy: str, precision: Precision, optimizer: Any = None) -> Any:
+    """Put a trainable model on this process's device under the chosen strategy, with autocast.
+
+    ``ddp``: Accelerate's wrapper (a full replica per process, gradients averaged). ``fsdp`` with
+    several processes: :func:`shard_model`; with one process there is nothing to shard and it is
+    the plain model. Returns (model, optimizer); build the optimizer AFTER this call under FSDP
+    (its state must live on the shards), so pass ``optimizer=None`` and build it then, or pass a
+    factory-built one under ddp."""
+    if strategy == "fsdp" and accelerator.num_processes > 1:
+        model = shard_model(model, accelerator.device)
+        precision.wrap(model)
+        return model, optimizer
+    model.to(accelerator.device)
+    precision.wrap(model)
+    if optimizer is None:
+        return accelerator.prepare(model), None
+    return accelerator.prepare(model, optimizer)
+
+
+def gathered_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """The full state dict: gathered from the shards on the main process (a collective: every
+    process must call it; the others get ``{}``), or the model's own otherwise."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def gathered_model(model: Any) -> Any:
+    """A plain (unsharded) copy of a sharded model on the main process, on the CPU, for saving as
+    a Hugging Face folder; ``None`` on the other processes. Collective. An unsharded model is
+    returned as it is."""
+    if not is_sharded(model):
+        return model
+    import copy
+
+    import torch.distributed as dist
+
+    state = gathered_state_dict(model)
+    if dist.get_rank() != 0:
+        return None
+    plain = copy.deepcopy(model._alignloop_skeleton)
+    plain.load_state_dict(state, assign=True, strict=False)
+    params = dict(plain.named_parameters())
+    missing = [n for n in params if params[n].is_meta]
+    for name, buf in model.named_buffers():  # buffers are not sharded: every process holds them whole
+        owner, _, leaf = name.rpartition(".")
+        target = plain.get_submodule(owner) if owner else plain
+        target._buffers[leaf] = buf.detach().to("cpu").clone()
+    if missing:  # tied weights the gathered state lists once
+        for m in plain.modules():
+            if hasattr(m, "tie_weights"):
+                m.tie_weights()
+                break
+        still = [n for n, p in plain.named_parameters() if p.is_meta]
+        if still:
+            raise RuntimeError(f"gathered model misses {still[:3]}")
+    return plain
+
+
+def optimizer_state(model: Any, optimizer: Any) -> dict[str, Any]:
+    """The optimizer state for a checkpoint: gathered whole (keyed by parameter name) under FSDP
+    (a collective), the optimizer's own ``state_dict`` otherwise."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    opt = getattr(optimizer, "optimizer", optimizer)
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: Any, optimizer: Any, state: dict[str, Any]) -> None:
+    """Restore :func:`optimizer_state`: every process reads the whole state and keeps its shard."""
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    opt = getattr(optimizer, "optimizer", optimizer)
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+
+
+def local_param_count(model: Any, trainable_only: bool = True) -> int:
+    """Parameter elements this process actually holds (a shard's local size under FSDP)."""
+    total = 0
+    for p in model.parameters():
+        if trainable_only and not p.requires_grad:
+            continue
+        total += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+    return total
+
+
+def release_host_memory(device: torch.device | str) -> None:
+    """Return freed heap memory to the OS after a CPU pass (glibc ``malloc_trim``); nothing on a GPU,
+    where the caching allocator owns device memory and a trim would only cost a system call."""
+    if on_cuda(device):
+        return
+    from alignloop.train.ppo import release_freed_memory
+
+    release_freed_memory()

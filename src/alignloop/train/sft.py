@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,20 @@ from alignloop.models.generation import forward_last_logits, generate, query_tok
 from alignloop.models.loading import disable_dropout, load_causal_lm, load_tokenizer, set_default_system_prompt
 from alignloop.models.scoring import Scorer, score_all
 from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from alignloop.train.distributed import build_accelerator, epoch_order, rank_seed, rank_slice, seed_everything
+from alignloop.train.distributed import (
+    Precision,
+    build_accelerator,
+    enable_gradient_checkpointing,
+    epoch_order,
+    gathered_model,
+    is_sharded,
+    load_optimizer_state,
+    optimizer_state,
+    place_model,
+    rank_seed,
+    rank_slice,
+    seed_everything,
+)
 from alignloop.train.distributed import step_indices as global_step_indices
 from alignloop.train.runlog import RunLog, track
 from alignloop.train.schedule import build_optimizer, cosine_with_warmup, warmup_steps
@@ -163,6 +177,13 @@ def best_policy_dir(run_dir: str | Path) -> Path:
 # ---------------------------------------------------------------- model helpers
 
 
+def sft_dtype(cfg: SFTConfig) -> str:
+    """The compute precision: ``distributed.dtype``, or the older ``mixed_precision`` field when that is set."""
+    if cfg.distributed.dtype != "fp32":
+        return cfg.distributed.dtype
+    return {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}[cfg.mixed_precision]
+
+
 @contextmanager
 def quiet_hf() -> Iterator[None]:
     """Silence transformers' per-file load/save progress bars (the run has its own progress bar)."""
@@ -204,6 +225,7 @@ def export_model(model: Any, tokenizer: Any, out: Path) -> None:
 
 def _export(model: Any, tokenizer: Any, out: Path) -> None:
     plain = copy.deepcopy(model)
+    plain.__dict__.pop("forward", None)  # an autocast wrapper bound to the original (Precision.wrap)
     if hasattr(plain, "merge_and_unload"):
         plain = plain.merge_and_unload()
     disable_dropout(plain)
@@ -295,13 +317,15 @@ def validation_loss(model: Any, examples: Sequence[SFTExample], batch_size: int,
     model.eval()
     total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
     mine = rank_slice(range(len(examples)), accelerator.process_index, accelerator.num_processes)
-    for i in range(0, len(mine), batch_size):
-        batch = {
-            k: v.to(accelerator.device)
-            for k, v in collate([examples[j] for j in mine[i : i + batch_size]], pad_id).items()
-        }
+    n_batches = math.ceil(len(mine) / batch_size)
+    if is_sharded(model):  # every process must run as many forwards (each gathers the shards)
+        n_batches = math.ceil(math.ceil(len(examples) / accelerator.num_processes) / batch_size)
+    for i in range(0, n_batches * batch_size, batch_size):
+        rows = mine[i : i + batch_size]
+        batch = {k: v.to(accelerator.device) for k, v in collate([examples[j] for j in rows or [0]], pad_id).items()}
         nll, n = response_only_loss(*response_logits(model, batch))
-        total += torch.stack([nll.double(), n.double()])
+        if rows:
+            total += torch.stack([nll.double(), n.double()])
     model.train(was_training)
     total = accelerator.reduce(total, "sum") if accelerator.num_processes > 1 else total
     return float(total[0] / total[1].clamp(min=1))
@@ -314,11 +338,13 @@ def sample_scores(
     are compared on the same random stream), plus this rank's samples for the run folder."""
     mine = rank_slice(list(prompts), accelerator.process_index, accelerator.num_processes)
     model = accelerator.unwrap_model(model)
-    gen = generate(model, tokenizer, mine, cfg.generation, seed=rank_seed(cfg.seed, accelerator.process_index))
-    scores = score_all(scorer, mine, gen.texts) if mine else []
+    share = math.ceil(len(prompts) / accelerator.num_processes) if is_sharded(model) else len(mine)
+    filler = [prompts[0]] * (share - len(mine))  # equal sampling work per process under FSDP, then dropped
+    gen = generate(model, tokenizer, mine + filler, cfg.generation, seed=rank_seed(cfg.seed, accelerator.process_index))
+    scores = score_all(scorer, mine, gen.texts[: len(mine)]) if mine else []
     total = torch.tensor([sum(scores), len(scores)], dtype=torch.float64, device=accelerator.device)
     total = accelerator.reduce(total, "sum") if accelerator.num_processes > 1 else total
-    samples = [{"prompt": p, "completion": c, "score": s} for p, c, s in zip(mine, gen.texts, scores, strict=True)]
+    samples = [{"prompt": p, "completion": c, "score": s} for p, c, s in zip(mine, gen.texts, scores, strict=False)]
     return float(total[0] / total[1].clamp(min=1)), samples
 
 
@@ -362,8 +388,10 @@ def train_sft(
         return _finished(run, cfg, _fingerprint(train, ends))
 
     # 1. tokenize
-    acc = build_accelerator(cfg.mixed_precision)
+    acc = build_accelerator()
     main = acc.is_main_process
+    dist_cfg = cfg.distributed
+    precision = Precision(sft_dtype(cfg), acc.device)
     tokenizer = load_tokenizer(cfg.model.name)
     if cfg.system_prompt is not None:  # saved with every model of the run, so later stages format alike
         set_default_system_prompt(tokenizer, cfg.system_prompt)
@@ -388,6 +416,9 @@ def train_sft(
     seed_everything(rank_seed(cfg.seed, acc.process_index))
     with quiet_hf():
         model = _build_model(cfg, ckpt / "model" if ckpt is not None else None)
+    if dist_cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    model, _ = place_model(model, acc, dist_cfg.strategy, precision)  # sharded before the optimizer sees it
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = cosine_with_warmup(
         optimizer, total_steps, warmup_steps(total_steps, cfg.warmup_ratio), cfg.min_lr_ratio
@@ -397,8 +428,9 @@ def train_sft(
     start_step, best = 0, {"step": None, "value": None}
     evals: list[dict[str, Any]] = []
     if ckpt is not None:
-        state = load_checkpoint(ckpt, optimizer=optimizer, scheduler=scheduler)
+        state = load_checkpoint(ckpt, scheduler=scheduler)
         extra = state["extra"]
+        load_optimizer_state(model, optimizer, extra.get("optimizer_state") or state["optimizer"])
         if extra.get("data") != _fingerprint(train, ends):
             raise AlignloopError(
                 f"cannot resume {run}: the training demonstrations differ from the checkpoint's",
@@ -407,7 +439,6 @@ def train_sft(
         start_step, best, evals = state["step"], extra["best"], extra["evals"]
         if main:
             log.info("resuming %s from step %d", run, start_step)
-    model, optimizer = acc.prepare(model, optimizer)
     runlog = RunLog(run, cfg, resume_step=start_step if ckpt is not None else None, enabled=main)
     metric_name = "val/score" if scorer is not None else "val/loss"
     sign = 1.0 if scorer is not None else -1.0  # higher score is better, lower loss is better
@@ -424,9 +455,9 @@ def train_sft(
         row["time/eval_s"] = time.perf_counter() - t0
         return row
 
-    def save_model(path: Path) -> None:
+    def save_model(plain: Any, path: Path) -> None:
         with quiet_hf():
-            acc.unwrap_model(model).save_pretrained(str(path))
+            plain.save_pretrained(str(path))
             tokenizer.save_pretrained(str(path))
 
     if start_step == 0 and cfg.eval_at_start and val_ex:
@@ -451,11 +482,11 @@ def train_sft(
             sync = j == len(micro) - 1
             with nullcontext() if sync else acc.no_sync(model):
                 nll, _ = response_only_loss(*response_logits(model, batch))
-                acc.backward(nll / n_tokens)
-            loss_sum += float(nll.detach())
-        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+                precision.backward(acc, nll / n_tokens)
+            loss_sum += nll.detach()
+        loss_sum = float(loss_sum)  # one device sync per step, not one per micro-batch
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        grad_norm = precision.step(optimizer, model.parameters(), cfg.max_grad_norm)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -477,8 +508,9 @@ def train_sft(
                 value = ev.get(metric_name)
                 if value is not None and (best["value"] is None or sign * value > sign * best["value"]):
                     best = {"step": done, "value": value}
+                    plain = gathered_model(acc.unwrap_model(model))  # every process: a collective under FSDP
                     if main:
-                        export_model(acc.unwrap_model(model), tokenizer, run / "best")
+                        export_model(plain, tokenizer, run / "best")
                         (run / "best" / BEST_INFO).write_text(
                             json.dumps(
                                 {"step": done, "epoch": done // steps_per_epoch, "metric": metric_name, "value": value}
@@ -492,11 +524,12 @@ def train_sft(
         # model's checkpoint with Adam state is 1.6 GB of writing.
         periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
         if done < total_steps and (epoch_end or stopping or periodic):
+            plain, opt_state = gathered_model(acc.unwrap_model(model)), optimizer_state(model, optimizer)
             if main:
+                extra = {"data": _fingerprint(train, ends), "best": best, "evals": evals, "optimizer_state": opt_state}
                 save_checkpoint(
-                    run, done, save_model, optimizer=optimizer, scheduler=scheduler, keep=cfg.keep_checkpoints,
-                    extra={"data": _fingerprint(train, ends), "best": best, "evals": evals},
-                )  # fmt: skip
+                    run, done, partial(save_model, plain), scheduler=scheduler, keep=cfg.keep_checkpoints, extra=extra
+                )
             acc.wait_for_everyone()
         if on_step is not None:
             on_step(done, row)
@@ -507,11 +540,13 @@ def train_sft(
 
     # 6. final model; the best one is final when no validation set chose another. When the last
     #    step was the best, best/ already holds these weights: final/ links its files.
+    reuse_best = best["step"] == total_steps  # the same on every process (the collective below depends on it)
+    plain = None if reuse_best else gathered_model(acc.unwrap_model(model))
     if main:
-        if best["step"] == total_steps and (run / "best").is_dir():
+        if reuse_best:
             _link_folder(run / "best", run / "final", skip={BEST_INFO})
         else:
-            export_model(acc.unwrap_model(model), tokenizer, run / "final")
+            export_model(plain, tokenizer, run / "final")
     acc.wait_for_everyone()
     record = {"steps": total_steps, "data": _fingerprint(train, ends), "best": best, "metric": metric_name}
     record["evals"] = evals
