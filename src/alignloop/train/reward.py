@@ -50,8 +50,14 @@ from alignloop.models.reward import (
 )
 from alignloop.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from alignloop.train.distributed import (
+    Precision,
     build_accelerator,
+    enable_gradient_checkpointing,
     epoch_order,
+    gathered_model,
+    load_optimizer_state,
+    optimizer_state,
+    place_model,
     rank_seed,
     rank_slice,
     seed_everything,
@@ -233,6 +239,7 @@ def train_reward_model(
 
     accelerator = build_accelerator()
     main = accelerator.is_main_process
+    precision = Precision(cfg.distributed.dtype, accelerator.device)
     seed_everything(cfg.seed)  # the head's initialisation is the same on every rank
     if ckpt is not None:
         model, tok = load_reward_model(ckpt / MODEL_SUBDIR)
@@ -253,26 +260,29 @@ def train_reward_model(
 
     steps_per_epoch = math.ceil(len(train_data) / cfg.prompts_per_step)
     total = cfg.epochs * steps_per_epoch
+    if cfg.distributed.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    model, _ = place_model(model, accelerator, cfg.distributed.strategy, precision)  # shard before the optimizer
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = cosine_with_warmup(optimizer, total, warmup_steps(total, cfg.warmup_ratio))
-    model, optimizer = accelerator.prepare(model, optimizer)
 
     start, train_seconds = 0, 0.0
     if ckpt is not None:
-        state = load_checkpoint(ckpt, optimizer=optimizer, scheduler=scheduler)
+        state = load_checkpoint(ckpt, scheduler=scheduler)
         start, train_seconds = state["step"], state["extra"]["train_seconds"]
+        load_optimizer_state(model, optimizer, state["extra"].get("optimizer_state") or state["optimizer"])
     log = RunLog(out, cfg, resume_step=start if ckpt is not None else None, enabled=main)
 
     def save(step: int) -> None:
+        plain = gathered_model(accelerator.unwrap_model(model))  # every process: a collective under FSDP
+        opt_state = optimizer_state(model, optimizer)
         if main:
-            unwrapped = accelerator.unwrap_model(model)
             save_checkpoint(
                 out,
                 step,
-                lambda p: unwrapped.save(p, tok),
-                optimizer=optimizer,
+                lambda p: plain.save(p, tok),
                 scheduler=scheduler,
-                extra={"train_seconds": train_seconds},
+                extra={"train_seconds": train_seconds, "optimizer_state": opt_state},
             )
         accelerator.wait_for_everyone()
 
@@ -297,7 +307,7 @@ def train_reward_model(
         batch = [train_data[i] for i in rank_slice(indices, accelerator.process_index, accelerator.num_processes)]
 
         t0 = time.perf_counter()
-        tally = _train_step(model, optimizer, scheduler, accelerator, batch, pad, cfg)
+        tally = _train_step(model, optimizer, scheduler, accelerator, precision, batch, pad, cfg)
         train_seconds += time.perf_counter() - t0
         done = step + 1
 
@@ -321,7 +331,12 @@ def train_reward_model(
         last_val = evaluate(done)
 
     # Reward normalisation: demonstrations score mean 0 (and std 1 with normalize_gain).
-    unwrapped: RewardModel = accelerator.unwrap_model(model)
+    unwrapped: RewardModel = gathered_model(accelerator.unwrap_model(model))  # None off the main process under FSDP
+    if unwrapped is None:  # normalisation runs on the main process's gathered copy; the others wait
+        log.close()
+        accelerator.wait_for_everyone()
+        return RMTrainResult(out, out / MODEL_SUBDIR, done, train_seconds, last_train, last_val, {})
+    unwrapped.to(accelerator.device)
     norm: dict[str, float] = {}
     if cfg.normalize and demos:
         norm = fit_normalisation(
@@ -348,7 +363,7 @@ def train_reward_model(
 
 
 def _train_step(
-    model, optimizer, scheduler, accelerator, batch: list[EncodedRanking], pad: int, cfg: RMConfig
+    model, optimizer, scheduler, accelerator, precision: Precision, batch: list[EncodedRanking], pad: int, cfg: RMConfig
 ) -> _Tally:
     """Steps 2-4 of the module docstring: micro-batched forwards, accumulated backward, update."""
     tally = _Tally()
@@ -361,11 +376,9 @@ def _train_step(
             loss, m = rm_kway_loss(*score_chunk(model, chunk, pad, accelerator.device))
             if int(m["n_prompts"]) > 0:
                 # the chunk's share of the step's prompts: summed over chunks this is the mean over prompts
-                accelerator.backward(loss * (int(m["n_prompts"]) / n_prompts))
+                precision.backward(accelerator, loss * (int(m["n_prompts"]) / n_prompts))
         tally.add(loss, m)
-    if cfg.max_grad_norm > 0:
-        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    optimizer.step()
+    precision.step(optimizer, model.parameters(), cfg.max_grad_norm)
     scheduler.step()
     return tally
 
