@@ -301,3 +301,30 @@ def release_host_memory(device: torch.device | str) -> None:
     from alignloop.train.ppo import release_freed_memory
 
     release_freed_memory()
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """The trainable weights by name, whole and on the CPU (gathered from the shards under FSDP:
+    a collective; the other processes get ``{}``)."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    state = gathered_state_dict(model)
+    return {n: t.detach().contiguous().cpu() for n, t in state.items() if n in trainable}
+
+
+def frozen_copy(value: Any, rm: Any, dtype: str) -> None:
+    """Cast the frozen reward model to ``dtype`` (e.g. bf16: half its memory) while the value model
+    it initialised keeps fp32 weights: token embeddings the value shares with the RM get their own copy."""
+    import copy
+
+    emb = rm.backbone.get_input_embeddings()
+    trunk = value.trunk
+    if getattr(value, "shares_trunk", False):
+        from alignloop.errors import AlignloopError
+
+        raise AlignloopError(
+            "a shared value model trains on the RM's own trunk: it cannot be sharded or kept apart from it",
+            "use value_model: separate (or frozen_dtype: fp32 and strategy: ddp)",
+        )
+    if trunk.get_input_embeddings() is emb:
+        trunk.set_input_embeddings(copy.deepcopy(emb))
+    rm.to(WEIGHT_DTYPES[dtype])

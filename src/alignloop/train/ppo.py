@@ -60,7 +60,23 @@ from alignloop.models.value import (
 )
 from alignloop.train import ppo_core as core
 from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from alignloop.train.distributed import build_accelerator, epoch_order, rank_seed, rank_slice, seed_everything
+from alignloop.train.distributed import (
+    WEIGHT_DTYPES,
+    Precision,
+    build_accelerator,
+    enable_gradient_checkpointing,
+    epoch_order,
+    frozen_copy,
+    gathered_model,
+    load_optimizer_state,
+    optimizer_state,
+    place_model,
+    rank_seed,
+    rank_slice,
+    seed_everything,
+    shard_model,
+    trainable_state,
+)
 from alignloop.train.kl_controller import make_kl_controller
 from alignloop.train.losses import ppo_policy_loss, ppo_value_loss, ptx_loss
 from alignloop.train.runlog import RunLog, Timer, track
@@ -162,8 +178,7 @@ class PPOTrainer:
         except ValueError as err:
             raise AlignloopError(f"ppo config: {err}") from None
         self.config = cfg = config
-        # cpu=True without CUDA: otherwise Accelerate ignores a multi-process launch on CPU (gloo).
-        self.acc = accelerator or build_accelerator(cpu=not torch.cuda.is_available())
+        self.acc = accelerator or build_accelerator()  # the CPU without CUDA: a multi-process CPU launch uses gloo
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.is_main = self.acc.is_main_process
         self.device = self.acc.device
@@ -187,6 +202,8 @@ class PPOTrainer:
         self.notes: list[str] = []
         self.threads = torch.get_num_threads()
         self.concurrent = cfg.concurrent_passes and self.world == 1 and self.device.type == "cpu"
+        self.precision = Precision(cfg.distributed.dtype, self.device)
+        sharded = cfg.distributed.strategy == "fsdp" and self.world > 1
 
         # The policy (dropout off in every model during RL).
         if isinstance(policy, str):
@@ -229,6 +246,8 @@ class PPOTrainer:
             except ValueError as err:
                 raise AlignloopError(f"ppo config: {err}") from None
         value_model.to(self.device)
+        if rm is not None and (sharded or cfg.distributed.frozen_dtype != "fp32"):
+            frozen_copy(value_model, rm, cfg.distributed.frozen_dtype)  # the value keeps fp32 weights of its own
         self.rm = rm
 
         # The reference: a frozen copy of the SFT policy, or with LoRA the same base without adapters.
@@ -242,16 +261,28 @@ class PPOTrainer:
         else:
             policy_model.requires_grad_(True)
             self.ref = copy.deepcopy(policy_model).requires_grad_(False).eval()
+            self.ref.to(WEIGHT_DTYPES[cfg.distributed.frozen_dtype])
 
-        # Optimizers: one per model, so the policy step and the value step are independent.
+        # Optimizers: one per model, so the policy step and the value step are independent. Under
+        # FSDP they are built on the shards, after placement (and the trainable weights of a
+        # checkpoint are loaded before it, into the whole model).
+        self.experience_lanes, self.balanced_update = _plan_lanes(policy_model, value_model, rm, self.ref is None)
+        resume_from = latest_checkpoint(self.run_dir) if resume and self.run_dir is not None else None
+        if resume_from is not None:
+            self._load_weights(resume_from, policy_model, value_model)
+        if cfg.distributed.gradient_checkpointing:
+            enable_gradient_checkpointing(policy_model)
+            enable_gradient_checkpointing(value_model)
+        self.policy, _ = place_model(policy_model, self.acc, cfg.distributed.strategy, self.precision)
+        self.value, _ = place_model(value_model, self.acc, cfg.distributed.strategy, self.precision)
+        if self.ref is not None:
+            self.ref = shard_model(self.ref, self.device) if sharded else self.ref.to(self.device)
+            self.precision.wrap(self.ref)
         n_updates = self.n_iterations * cfg.ppo_epochs * self.n_minibatches
-        self.policy_opt = _adamw(policy_model, cfg.lr, cfg.adam_eps)
-        self.value_opt = _adamw(value_model, cfg.value_lr or cfg.lr, cfg.adam_eps)
+        self.policy_opt = _adamw(self.policy, cfg.lr, cfg.adam_eps)
+        self.value_opt = _adamw(self.value, cfg.value_lr or cfg.lr, cfg.adam_eps)
         self.policy_sched = _schedule(self.policy_opt, cfg.lr_schedule, n_updates)
         self.value_sched = _schedule(self.value_opt, cfg.lr_schedule, n_updates)
-        self.experience_lanes, self.balanced_update = _plan_lanes(policy_model, value_model, rm, self.ref is None)
-        self.policy, self.policy_opt = self.acc.prepare(policy_model, self.policy_opt)
-        self.value, self.value_opt = self.acc.prepare(value_model, self.value_opt)
         self.kl_ctl = make_kl_controller(cfg.beta, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
         self.score_moments = torch.zeros(3, dtype=torch.float64)  # running [sum, sum sq, count] of RM scores
         self.ptx = self._tokenize_ptx(ptx_texts) if cfg.gamma_ptx > 0 else []
@@ -259,9 +290,9 @@ class PPOTrainer:
             raise AlignloopError("gamma_ptx > 0 needs a pretraining corpus", "pass --ptx FILE or set gamma_ptx: 0")
 
         self.iteration = 0
-        resumed = resume and self.run_dir is not None and latest_checkpoint(self.run_dir) is not None
+        resumed = resume_from is not None
         if resumed:
-            self._load_checkpoint(latest_checkpoint(self.run_dir))
+            self._load_checkpoint(resume_from)
         self.log = RunLog(
             self.run_dir or ".",
             cfg,
@@ -509,12 +540,12 @@ class PPOTrainer:
                 loss, s = ppo_policy_loss(
                     logprobs, part.logprobs, part.advantages, part.mask, cfg.clip_range, token_count=tokens
                 )
-                self.acc.backward(loss)
+                self.precision.backward(self.acc, loss)
             release_freed_memory()
             _accumulate(stats, {**s, "policy_loss_sum": loss.detach() * tokens})
         if cfg.gamma_ptx > 0:
             loss, s = self._ptx_loss(iteration, update)
-            self.acc.backward(cfg.gamma_ptx * loss)
+            self.precision.backward(self.acc, cfg.gamma_ptx * loss)
             _accumulate(stats, s)
         self._optimizer_step(self.policy, self.policy_opt, self.policy_sched)
         return stats
@@ -529,7 +560,7 @@ class PPOTrainer:
                 loss, s = ppo_value_loss(
                     values, part.values, part.returns, part.mask, cfg.clip_range_value, token_count=tokens
                 )
-                self.acc.backward(cfg.vf_coef * loss)
+                self.precision.backward(self.acc, cfg.vf_coef * loss)
             release_freed_memory()
             _accumulate(stats, {"vf_clipfrac_sum": s["vf_clipfrac_sum"], "value_loss_sum": loss.detach() * tokens})
         self._optimizer_step(self.value, self.value_opt, self.value_sched)
@@ -565,9 +596,7 @@ class PPOTrainer:
 
     def _optimizer_step(self, model: Any, optimizer: Any, scheduler: Any) -> None:
         """Clip, step, advance the schedule, and free the gradients at once (memory)."""
-        if self.config.max_grad_norm > 0:
-            self.acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.config.max_grad_norm)
-        optimizer.step()
+        self.precision.step(optimizer, [p for p in model.parameters() if p.requires_grad], self.config.max_grad_norm)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         release_freed_memory()
@@ -683,13 +712,15 @@ class PPOTrainer:
         from safetensors.torch import save_file
 
         rngs = gather_object([{"sampling": self.sampling.get_state(), "torch": torch.get_rng_state()}])
+        weights = [trainable_state(m) for m in (self.unwrapped_policy, self.unwrapped_value)]  # collectives
+        opt_states = [optimizer_state(m, o) for m, o in ((self.policy, self.policy_opt), (self.value, self.value_opt))]
         path = None
         if self.is_main:
 
             def save_model(folder: Path) -> None:
                 folder.mkdir(parents=True, exist_ok=True)
-                save_file(_trainable_state(self.unwrapped_policy), str(folder / POLICY_WEIGHTS))
-                save_file(_trainable_state(self.unwrapped_value), str(folder / VALUE_WEIGHTS))
+                save_file(weights[0], str(folder / POLICY_WEIGHTS))
+                save_file(weights[1], str(folder / VALUE_WEIGHTS))
 
             extra = {
                 "iteration": self.iteration,
@@ -697,14 +728,14 @@ class PPOTrainer:
                 "kl_controller": self.kl_ctl.state_dict(),
                 "score_moments": self.score_moments,
                 "rng_per_rank": rngs,
-                "value_optimizer": self.value_opt.state_dict(),
+                "policy_optimizer": opt_states[0],
+                "value_optimizer": opt_states[1],
                 "value_scheduler": self.value_sched.state_dict(),
             }
             path = save_checkpoint(
                 self.run_dir,
                 self.iteration,
                 save_model,
-                optimizer=self.policy_opt,
                 scheduler=self.policy_sched,
                 extra=extra,
                 keep=self.config.keep_checkpoints,
@@ -712,14 +743,18 @@ class PPOTrainer:
         self.acc.wait_for_everyone()
         return path
 
-    def _load_checkpoint(self, path: Path) -> None:
+    def _load_weights(self, path: Path, policy: Any, value: Any) -> None:
+        """The checkpoint's trainable weights, into the models before they are placed (and sharded)."""
         from safetensors.torch import load_file
 
-        _load_trainable(self.unwrapped_policy, load_file(str(path / "model" / POLICY_WEIGHTS)), "policy")
-        _load_trainable(self.unwrapped_value, load_file(str(path / "model" / VALUE_WEIGHTS)), "value")
-        state = load_checkpoint(path, optimizer=self.policy_opt, scheduler=self.policy_sched)
+        _load_trainable(policy, load_file(str(path / "model" / POLICY_WEIGHTS)), "policy")
+        _load_trainable(value, load_file(str(path / "model" / VALUE_WEIGHTS)), "value")
+
+    def _load_checkpoint(self, path: Path) -> None:
+        state = load_checkpoint(path, scheduler=self.policy_sched)
         extra = state["extra"]
-        self.value_opt.load_state_dict(extra["value_optimizer"])
+        load_optimizer_state(self.policy, self.policy_opt, extra.get("policy_optimizer") or state["optimizer"])
+        load_optimizer_state(self.value, self.value_opt, extra["value_optimizer"])
         self.value_sched.load_state_dict(extra["value_scheduler"])
         self.kl_ctl.load_state_dict(extra["kl_controller"])
         self.score_moments = extra["score_moments"].clone()
@@ -735,8 +770,9 @@ class PPOTrainer:
         """The trained policy as a plain Hugging Face folder (LoRA adapters merged) with its tokenizer.
         With LoRA this ends training: the adapters are merged into the weights in place."""
         folder = Path(folder)
+        model = gathered_model(self.unwrapped_policy)  # every process: a collective under FSDP
         if self.is_main:
-            model = self.unwrapped_policy
+            model.__dict__.pop("forward", None)  # the autocast wrapper (Precision.wrap) is not saved
             if hasattr(model, "merge_and_unload"):
                 model = model.merge_and_unload()
             model.save_pretrained(str(folder))
@@ -847,8 +883,6 @@ def _schedule(optimizer: torch.optim.Optimizer, kind: str, total: int) -> torch.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
 
 
-def _trainable_state(model: Any) -> dict[str, Tensor]:
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _load_trainable(model: Any, state: dict[str, Tensor], what: str) -> None:
@@ -872,7 +906,7 @@ def release_freed_memory() -> None:
     global _malloc_trim
     if _malloc_trim is None:
         _malloc_trim = False
-        if sys.platform.startswith("linux"):
+        if sys.platform.startswith("linux") and not torch.cuda.is_available():  # GPU memory is not the heap
             try:
                 _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
             except (OSError, AttributeError):
