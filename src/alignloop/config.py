@@ -420,6 +420,20 @@ def load_stage_config(
     return cfg
 
 
+def with_distributed(cfg: T, *, dtype: str | None = None, strategy: str | None = None, **more: Any) -> T:
+    """``cfg`` with its ``distributed`` section changed by command-line options (``None`` = not given),
+    validated: a bad value is an error naming the field."""
+    changes = {k: v for k, v in {"dtype": dtype, "strategy": strategy, **more}.items() if v is not None}
+    if not changes:
+        return cfg
+    dist = dataclasses.replace(cfg.distributed, **changes)  # type: ignore[attr-defined]
+    try:
+        dist.validate()
+    except ValueError as err:
+        raise AlignloopError(str(err), "see `distributed:` in examples/configs/fsdp.yaml") from None
+    return dataclasses.replace(cfg, distributed=dist)  # type: ignore[type-var]
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain dict of a config (tuples become lists, for YAML)."""
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from alignloop.config import BoNConfig, dump_config, load_config
+from alignloop.cli.scaling import DTYPE_HELP, GC_HELP, STRATEGY_HELP
+from alignloop.config import BoNConfig, dump_config, load_config, with_distributed
 from alignloop.errors import AlignloopError
 
 
@@ -25,6 +26,9 @@ def register(app: typer.Typer) -> None:
         finetune: bool = typer.Option(False, "--finetune", help="Fine-tune the policy on the best samples."),
         epochs: int = typer.Option(None, "--epochs", help="Override sft.epochs for --finetune."),
         lr: float = typer.Option(None, "--lr", help="Override sft.lr for --finetune."),
+        dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
+        strategy: str = typer.Option(None, "--strategy", help=STRATEGY_HELP),
+        grad_ckpt: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=GC_HELP),
         resume: bool = typer.Option(False, "--resume", help="With --finetune: continue the run in --out."),
     ) -> None:
         """Sample N completions per prompt, score them, keep the best (and optionally fine-tune on them)."""
@@ -35,6 +39,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_config(config, BoNConfig) if config is not None else BoNConfig()
         sft = dataclasses.replace(cfg.sft, **{k: v for k, v in {"epochs": epochs, "lr": lr}.items() if v is not None})
+        sft = with_distributed(sft, dtype=dtype, strategy=strategy, gradient_checkpointing=grad_ckpt)
         cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, name=policy), sft=sft, n=n or cfg.n)
         try:
             cfg.validate()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import typer
 
-from alignloop.config import PPOConfig, load_stage_config
+from alignloop.cli.scaling import DTYPE_HELP, FROZEN_HELP, GC_HELP, STRATEGY_HELP
+from alignloop.config import PPOConfig, load_stage_config, with_distributed
 from alignloop.errors import AlignloopError
 
 
@@ -46,12 +47,19 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(None, "--config", help="YAML with the ppo stage (or a whole loop config)."),
         ptx: Path = typer.Option(None, "--ptx", help="Pretraining corpus for PPO-ptx (.txt or .jsonl with 'text')."),
         episodes: int = typer.Option(None, "--episodes", help="Override ppo.total_episodes."),
+        dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
+        strategy: str = typer.Option(None, "--strategy", help=STRATEGY_HELP),
+        grad_ckpt: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=GC_HELP),
+        frozen_dtype: str = typer.Option(None, "--frozen-dtype", help=FROZEN_HELP),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
     ) -> None:
         """Optimise the policy against the reward model with PPO (KL penalty to the SFT policy)."""
         from alignloop.train.ppo import iterate_texts, train_ppo
 
         cfg = load_stage_config(config, PPOConfig, "ppo", run_dir=out, resume=resume, total_episodes=episodes)
+        cfg = with_distributed(
+            cfg, dtype=dtype, strategy=strategy, gradient_checkpointing=grad_ckpt, frozen_dtype=frozen_dtype
+        )
         texts = list(iterate_texts(ptx)) if ptx is not None else None
         if cfg.gamma_ptx > 0 and not texts:
             raise AlignloopError("ppo.gamma_ptx > 0 needs a pretraining corpus", "pass --ptx FILE")

@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alignloop.config import RMConfig, load_stage_config
+from alignloop.cli.scaling import DTYPE_HELP, GC_HELP, STRATEGY_HELP
+from alignloop.config import RMConfig, load_stage_config, with_distributed
 from alignloop.data.jsonl import read_jsonl
 from alignloop.data.records import Demonstration, Ranking
 from alignloop.errors import AlignloopError
@@ -42,12 +43,16 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(None, "--config", help="YAML with the rm stage (or a whole loop config)."),
         epochs: int = typer.Option(None, "--epochs", help="Override rm.epochs."),
         lr: float = typer.Option(None, "--lr", help="Override rm.lr."),
+        dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
+        strategy: str = typer.Option(None, "--strategy", help=STRATEGY_HELP),
+        grad_ckpt: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=GC_HELP),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
     ) -> None:
         """Train a reward model with all C(K,2) comparisons of a prompt as one batch element."""
         from alignloop.train.reward import train_reward_model
 
         cfg = load_stage_config(config, RMConfig, "rm", run_dir=out, resume=resume, model=model, epochs=epochs, lr=lr)
+        cfg = with_distributed(cfg, dtype=dtype, strategy=strategy, gradient_checkpointing=grad_ckpt)
         rankings = _rankings(data)
         val_rankings = _rankings(val, "--val") if val is not None else None
         demo_records = read_jsonl(demos, Demonstration) if demos is not None else None

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from alignloop.config import SFTConfig, load_stage_config
+from alignloop.cli.scaling import DTYPE_HELP, GC_HELP, STRATEGY_HELP
+from alignloop.config import SFTConfig, load_stage_config, with_distributed
 from alignloop.errors import AlignloopError
 
 
@@ -23,6 +24,9 @@ def register(app: typer.Typer) -> None:
         lora_r: int = typer.Option(None, "--lora-r", help="LoRA rank (0 = full fine-tuning)."),
         rm: str = typer.Option(None, "--rm", help="Reward model folder or URL: keep the epoch with the best score."),
         judge: str = typer.Option(None, "--judge", help="'gold': score validation samples with the gold judge."),
+        dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
+        strategy: str = typer.Option(None, "--strategy", help=STRATEGY_HELP),
+        grad_ckpt: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=GC_HELP),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
     ) -> None:
         """Fine-tune a policy on demonstrations: loss on response tokens, cosine LR, best epoch kept."""
@@ -34,6 +38,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_stage_config(
             config, SFTConfig, "sft", run_dir=out, resume=resume, model=model, epochs=epochs, lr=lr, lora_r=lora_r
         )
+        cfg = with_distributed(cfg, dtype=dtype, strategy=strategy, gradient_checkpointing=grad_ckpt)
         train = read_jsonl(data, Demonstration)
         if not train:
             raise AlignloopError(f"{data} holds no demonstrations", "give a JSONL file of demonstration records")
