@@ -258,7 +258,12 @@ def trl_rm(model: str, work: Path) -> dict:
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())
 
-    trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    from transformers import AutoModelForSequenceClassification
+
+    # fp32 master weights like ours, whatever dtype the folder stores (bf16 autocast from bf16=True)
+    seqcls = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1, dtype=torch.float32)
+    seqcls.config.pad_token_id = tok.pad_token_id
+    trainer = RewardTrainer(model=seqcls, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok)
     for batch in trainer.get_train_dataloader():
         tokens.append(int(batch["attention_mask"].sum()))
         if len(tokens) >= 8:
