@@ -35,6 +35,10 @@ def create_user(
         raise AlignloopError(f"role: must be admin or labeler, got {role!r}")
     if password is None and not token:
         raise AlignloopError("password: give a password or ask for a token, or the user cannot log in")
+    if password is not None and len(password) < auth.MIN_PASSWORD:
+        raise AlignloopError(
+            f"password: at least {auth.MIN_PASSWORD} characters, got {len(password)}", "choose a longer password"
+        )
     group_id = None
     if group is not None:
         group_id = s.scalar(select(LabelerGroup.id).where(LabelerGroup.name == group))
