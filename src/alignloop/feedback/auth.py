@@ -154,6 +154,7 @@ class Authenticator:
         self.key = key
         self._users = BoundedCache(CACHE_ENTRIES, USER_CACHE_SECONDS)
         self._tokens = BoundedCache(CACHE_ENTRIES, USER_CACHE_SECONDS)
+        _dummy_hash()  # made now, so no login pays for it (the first one would otherwise be slower)
 
     @property
     def cache_seconds(self) -> float:

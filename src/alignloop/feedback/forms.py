@@ -8,6 +8,7 @@ training code reads (``Ranking``, ``Demonstration``, ``Thumbs``, ``Rating``, ``R
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from alignloop.data.records import METADATA_FLAGS, Demonstration, Ranking, Rating, RuleViolations, Thumbs
@@ -66,7 +67,9 @@ def _ranking(k: int, answer: dict[str, Any], allow_ties: bool) -> tuple[list[int
     if ties and not allow_ties:
         raise FormError("ties: this campaign does not allow ties; give a strict order")
     for g in ties:
-        repeated = sorted({c for c in g if g.count(c) > 1})
+        if len(g) > k + 1:
+            raise FormError(f"ties: a tie group lists at most {k} completions, got {len(g)}")
+        repeated = sorted(c for c, n in Counter(g).items() if n > 1)
         if repeated:
             raise FormError(
                 f"ties: the group {g!r:.80} names completion {repeated[0]} twice; "
