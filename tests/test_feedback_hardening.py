@@ -449,6 +449,9 @@ def test_item10_cli_admin_create_enforces_the_password_minimum(database_url):
     result = CliRunner().invoke(cli, ["feedback", "admin", "create", "boss", "--password", "x", "--db", database_url])
     assert isinstance(result.exception, AlignloopError) and "at least 8 characters" in result.exception.message
     assert counts(database_url) == before
+    long_name = CliRunner().invoke(cli, ["feedback", "admin", "create", "u" * 65, "--db", database_url])
+    assert isinstance(long_name.exception, AlignloopError) and "username: 1 to 64" in long_name.exception.message
+    assert counts(database_url) == before  # refused alike on SQLite (which would store it) and PostgreSQL
     ok = CliRunner().invoke(
         cli, ["feedback", "admin", "create", "boss", "--password", "8 chars!", "--db", database_url]
     )

@@ -39,7 +39,7 @@ Rule = Annotated[str, Field(min_length=1, max_length=200)]
 
 class ItemIn(Strict):
     prompt_id: str = Field(min_length=1, max_length=128)
-    prompt: str = Field(min_length=1, max_length=MAX_TEXT)
+    prompt: str = Field(min_length=1, max_length=50_000)
     completions: list[Completion] = Field(default_factory=list, max_length=MAX_K)
     sources: list[Annotated[str, Field(max_length=128)]] | None = Field(None, max_length=MAX_K)
     category: str = Field("other", max_length=32)
@@ -312,6 +312,7 @@ def export(
             raise HTTPException(404, str(err)) from None
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
-    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    # The edge keeps unencodable text out; "replace" still lets rows stored before it existed export.
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8", "replace")
     headers = {"X-Record-Count": str(len(rows))}
     return StreamingResponse(iter([body]), media_type="application/x-ndjson", headers=headers)
