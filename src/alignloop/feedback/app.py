@@ -23,29 +23,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alignloop.config import FeedbackConfig
 from alignloop.feedback import auth, db, edge, pages, routes_admin, routes_labeler, routes_people
-from alignloop.feedback.throttle import Throttle
+from alignloop.feedback.throttle import Throttle, throttled_login
 
 ENV_DATABASE = "ALIGNLOOP_FEEDBACK_DB"
 ENV_CONFIG = "ALIGNLOOP_FEEDBACK_CONFIG"  # the whole FeedbackConfig as JSON, from `alignloop serve` to its workers
 SECURITY_HEADERS = edge.SECURITY_HEADERS
-
-
-def client_address(request: Request) -> str:
-    """The address logins are throttled by (the peer; a proxy in front makes it the proxy's)."""
-    return request.client.host if request.client else "unknown"
-
-
-def throttled_login(request: Request, account: str | None, check: Any) -> Any:
-    """Run ``check()`` (a password or token check) unless the account or address is over its limit (429)."""
-    throttle: Throttle = request.app.state.throttle
-    address = client_address(request)
-    wait = throttle.attempt(account, address)
-    if wait is not None:
-        raise HTTPException(429, f"too many login attempts: try again in {wait} s", headers={"Retry-After": str(wait)})
-    user = check()
-    if user is not None:
-        throttle.succeeded(account, address)
-    return user
 
 
 def create_app(config: FeedbackConfig | None = None, *, migrate: bool = True) -> FastAPI:

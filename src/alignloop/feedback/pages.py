@@ -23,6 +23,7 @@ from alignloop.feedback.export import select_campaigns
 from alignloop.feedback.models import Campaign, LabelerGroup, User
 from alignloop.feedback.routes_admin import campaign_dict
 from alignloop.feedback.routes_labeler import load_task, pending_tasks
+from alignloop.feedback.throttle import throttled_login
 
 router = APIRouter(include_in_schema=False)
 ENV = jinja2.Environment(
@@ -78,8 +79,6 @@ def login_page(request: Request) -> HTMLResponse:
 
 @router.post("/login")
 def login_form(request: Request, username: str = Form(""), password: str = Form("")) -> Response:
-    from alignloop.feedback.app import throttled_login  # the app module imports this one
-
     authn = request.app.state.auth
     try:
         user = throttled_login(request, username, lambda: authn.login_password(username, password))

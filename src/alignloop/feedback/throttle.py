@@ -16,7 +16,10 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
+from fastapi import HTTPException, Request
 from sqlalchemy import case, delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -87,3 +90,21 @@ class Throttle:
                 .where(LoginThrottle.key == _key("address", address), LoginThrottle.attempts > 0)
                 .values(attempts=LoginThrottle.attempts - 1)
             )
+
+
+def client_address(request: Request) -> str:
+    """The address logins are throttled by (the peer; a proxy in front makes it the proxy's)."""
+    return request.client.host if request.client else "unknown"
+
+
+def throttled_login(request: Request, account: str | None, check: Callable[[], Any]) -> Any:
+    """Run ``check()`` (a password or token check) unless the account or address is over its limit (429)."""
+    throttle: Throttle = request.app.state.throttle
+    address = client_address(request)
+    wait = throttle.attempt(account, address)
+    if wait is not None:
+        raise HTTPException(429, f"too many login attempts: try again in {wait} s", headers={"Retry-After": str(wait)})
+    user = check()
+    if user is not None:
+        throttle.succeeded(account, address)
+    return user
