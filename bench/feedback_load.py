@@ -94,7 +94,7 @@ def setup(base: str, admin_token: str, labelers: int, items: int) -> dict[str, t
     out = {}
     for name, token in tokens.items():
         client = FeedbackClient(base, token)
-        out[name] = (token, [t["assignment_id"] for t in client.tasks(limit=100_000)])
+        out[name] = (token, [t["assignment_id"] for t in client.tasks(limit=10_000)])  # the most one listing gives
         client.close()
     admin.close()
     return out

@@ -21,6 +21,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): PUBLIC,
     ("POST", "/api/login"): PUBLIC,
     ("GET", "/api/me"): ANYONE,
+    ("POST", "/api/logout"): ANYONE,
     ("GET", "/api/tasks"): LABELER,
     ("GET", "/api/tasks/{assignment_id}"): LABELER,
     ("POST", "/api/tasks/{assignment_id}/label"): LABELER,
@@ -124,14 +125,19 @@ def test_expired_or_tampered_session_token(service):
     svc = service
     authn = svc.app.state.auth
     uid = svc.admin.me()["id"]
-    expired = authn.issue(uid, "admin", seconds=-1)
+    expired = authn.issue(uid, seconds=-1)
     assert svc.http.get("/api/me", headers={"Authorization": f"Bearer {expired}"}).status_code == 401
-    good = authn.issue(uid, "admin")
+    good = authn.issue(uid)
+    assert svc.http.get("/api/me", headers={"Authorization": f"Bearer {good}"}).status_code == 200
     body, _, sig = good.rpartition(".")
-    uid_s, role, exp = body.split(".")
-    tampered = f"{int(uid_s) + 1}.{role}.{exp}.{sig}"
+    sid, exp = body.split(".")
+    tampered = f"{sid}.{int(exp) + 3600}.{sig}"
     assert svc.http.get("/api/me", headers={"Authorization": f"Bearer {tampered}"}).status_code == 401
     assert svc.http.get("/api/me", headers={"Authorization": "Bearer ünïcode.x".encode("latin-1")}).status_code == 401
+    # well signed, but the body is not "session.expiry": refused (401), never a 500
+    for odd in ("", "x", "a.b.c", "." * 5, "1." + "9" * 5000, "sid.-5", "sid.1e9"):
+        forged = f"{odd}.{authn._sign(odd)}"
+        assert svc.http.get("/api/me", headers={"Authorization": f"Bearer {forged}"}).status_code == 401, odd
 
 
 def test_cookie_session_needs_csrf_token_to_change_state(service):

@@ -34,7 +34,7 @@ def _run(args: list[str], env: dict[str, str] | None = None) -> str:
 
 def test_cli_from_first_admin_to_export(tmp_path):
     url = f"sqlite:///{tmp_path / 'fb.db'}"
-    assert "schema revision 0001" in _run(["feedback", "migrate", "--db", url])
+    assert "schema revision 0002" in _run(["feedback", "migrate", "--db", url])
     out = _run(["feedback", "admin", "create", "boss", "--password", "boss-password", "--db", url])
     token = re.search(r"API token \(shown once\): (alk_\S+)", out).group(1)
     assert "log in at http://127.0.0.1:8000/login as boss" in out
@@ -89,9 +89,9 @@ def test_cli_errors_are_one_line(tmp_path):
 
 def test_migrations_create_the_schema_once_and_the_app_refuses_an_unmigrated_database(tmp_path):
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    with pytest.raises(AlignloopError, match="schema revision none, the code needs 0001"):
+    with pytest.raises(AlignloopError, match="schema revision none, the code needs 0002"):
         create_app(FeedbackConfig(database_url=url), migrate=False)
-    assert migrate(url) == "0001" and migrate(url) == "0001"  # idempotent
+    assert migrate(url) == "0002" and migrate(url) == "0002"  # idempotent
     engine = create_engine(url)
     tables = set(inspect(engine).get_table_names())
     with engine.connect() as conn:

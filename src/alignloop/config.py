@@ -304,6 +304,24 @@ class FeedbackConfig:
     port: int = 8000
     overlap: int = 1  # labelers per item
     screening_threshold: float = 0.7
+    # The edge's input policy (issue 10). A request body over the limit is refused with 413 before it
+    # is read. 16 MiB holds a campaign push of ~200 prompts with K = 9 completions of 2,000 words;
+    # a request without credentials (a login) needs far less, so it gets the small limit.
+    max_request_bytes: int = 16 * 2**20
+    max_anonymous_request_bytes: int = 64 * 2**10
+    # Login throttling: attempts per account and per client address within the window; over a limit
+    # the login is answered 429 with Retry-After, without running the password hash.
+    login_window_seconds: int = 900
+    login_attempts_per_account: int = 10
+    login_attempts_per_address: int = 100
+
+    def validate(self) -> None:
+        for name in (
+            "max_request_bytes", "max_anonymous_request_bytes", "login_window_seconds",
+            "login_attempts_per_account", "login_attempts_per_address",
+        ):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass

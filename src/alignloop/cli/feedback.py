@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
             text = guidelines_file.read_text(encoding="utf-8") if guidelines_file else guidelines
             if not text:
                 raise AlignloopError("a new campaign needs guidelines", "pass --guidelines TEXT or --guidelines-file")
-            cid = client.create_campaign(
+            up = client.create_campaign(
                 campaign,
                 task_type,
                 text,
@@ -186,8 +186,11 @@ def register(app: typer.Typer) -> None:
                 rules=list(rules or []),
                 screening=screening,
                 screened_only=screened_only,
-            )["id"]
-        up = client.upload_items(cid, items)
+                items=items,  # one transaction: a rejected item leaves no empty campaign behind
+            )
+            cid = up["id"]
+        if campaign in existing:
+            up = client.upload_items(cid, items)
         typer.echo(f"campaign {campaign!r} (id {cid}): {up['created']} new items, {up['existing']} already there")
         if assign:
             out = client.assign(cid, overlap=overlap, groups=list(groups) if groups else None)

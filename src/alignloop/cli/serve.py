@@ -37,9 +37,11 @@ def register(app: typer.Typer) -> None:
         access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request."),
     ) -> None:
         """Run the human feedback service: labeling pages for labelers, the API for admins and the loop."""
+        import json
+
         import uvicorn
 
-        from alignloop.feedback.app import ENV_DATABASE
+        from alignloop.feedback.app import ENV_CONFIG, ENV_DATABASE
         from alignloop.feedback.db import migrate
 
         cfg = feedback_config(config, db)
@@ -47,6 +49,7 @@ def register(app: typer.Typer) -> None:
         host = host or cfg.host
         port = port or cfg.port
         os.environ[ENV_DATABASE] = cfg.database_url
+        os.environ[ENV_CONFIG] = json.dumps(dataclasses.asdict(cfg))  # limits and throttling reach the workers
         typer.echo(f"alignloop feedback service on http://{host}:{port} (schema {revision}, {workers} worker(s))")
         typer.echo(f"  labelers and admins log in at http://{host}:{port}/login; API docs at /api/docs")
         typer.echo("  no admin yet? alignloop feedback admin create NAME --db ...")

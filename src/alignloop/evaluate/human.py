@@ -76,10 +76,9 @@ class FeedbackClientBackend:
         self.client = client
 
     def create_pairwise_campaign(self, name: str, guidelines: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-        c = self.client.create_campaign(name, "best_pick", guidelines, overlap=self.overlap)
-        up = self.client.upload_items(c["id"], items)
+        c = self.client.create_campaign(name, "best_pick", guidelines, overlap=self.overlap, items=items)  # atomic
         self.client.assign(c["id"])
-        return {"campaign_id": c["id"], "item_ids": up["item_ids"]}
+        return {"campaign_id": c["id"], "item_ids": c["item_ids"]}
 
     def labels(self, campaign_id: int) -> list[dict[str, Any]]:
         return self.client.labels(campaign_id)

@@ -6,6 +6,7 @@ because there is no admin yet to call the API with; everything later goes throug
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -16,6 +17,9 @@ from alignloop.errors import AlignloopError
 from alignloop.feedback import auth
 from alignloop.feedback.db import Database, check_schema
 from alignloop.feedback.models import ApiToken, LabelerGroup, User
+
+#: The names the API accepts (routes_people.UserIn), checked here too for the CLI: the same on every database.
+USERNAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
 @dataclass
@@ -31,10 +35,18 @@ def create_user(
     s: Session, username: str, role: str, password: str | None = None, group: str | None = None, token: bool = False
 ) -> NewUser:
     """Add a user in session ``s`` (the caller commits); AlignloopError if the name is taken or the group unknown."""
+    if not USERNAME.fullmatch(username):
+        raise AlignloopError(
+            f"username: 1 to 64 letters, digits or _.@- characters, got {username[:64]!r}", "pick another name"
+        )
     if role not in auth.ROLES:
         raise AlignloopError(f"role: must be admin or labeler, got {role!r}")
     if password is None and not token:
         raise AlignloopError("password: give a password or ask for a token, or the user cannot log in")
+    if password is not None and len(password) < auth.MIN_PASSWORD:
+        raise AlignloopError(
+            f"password: at least {auth.MIN_PASSWORD} characters, got {len(password)}", "choose a longer password"
+        )
     group_id = None
     if group is not None:
         group_id = s.scalar(select(LabelerGroup.id).where(LabelerGroup.name == group))

@@ -8,6 +8,8 @@ one signing key.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,48 +18,16 @@ from typing import Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alignloop.config import FeedbackConfig
-from alignloop.feedback import auth, db, pages, routes_admin, routes_labeler, routes_people
+from alignloop.feedback import auth, db, edge, pages, routes_admin, routes_labeler, routes_people
+from alignloop.feedback.throttle import Throttle, throttled_login
 
 ENV_DATABASE = "ALIGNLOOP_FEEDBACK_DB"
-
-SECURITY_HEADERS = [
-    # Our own script file only: no inline script can run, whatever ends up in a page.
-    (b"content-security-policy", b"default-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"same-origin"),
-]
-
-
-class SecurityHeaders:
-    """Adds the security headers to every response (plain ASGI: no per-request overhead to speak of)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _validation_message(err: RequestValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
-        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
-    return "; ".join(parts)
+ENV_CONFIG = "ALIGNLOOP_FEEDBACK_CONFIG"  # the whole FeedbackConfig as JSON, from `alignloop serve` to its workers
+SECURITY_HEADERS = edge.SECURITY_HEADERS
 
 
 def create_app(config: FeedbackConfig | None = None, *, migrate: bool = True) -> FastAPI:
@@ -73,7 +43,7 @@ def create_app(config: FeedbackConfig | None = None, *, migrate: bool = True) ->
         yield
         database.dispose()
 
-    app = FastAPI(
+    app = edge.FeedbackApp(
         title="alignloop feedback service",
         version="1",
         docs_url="/api/docs",
@@ -82,12 +52,13 @@ def create_app(config: FeedbackConfig | None = None, *, migrate: bool = True) ->
     )
     app.state.config = config
     app.state.db = database
+    app.edge_limits = (config.max_request_bytes, config.max_anonymous_request_bytes)
     app.state.auth = auth.Authenticator(database, db.secret(database))
+    app.state.throttle = Throttle(database, config)
     app.state.campaigns = {}  # campaign id -> form settings (campaigns are immutable)
 
-    @app.exception_handler(RequestValidationError)
-    async def _422(request: Request, err: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_message(err)}, status_code=422)
+    app.add_exception_handler(RequestValidationError, edge.validation_error)
+    app.add_exception_handler(StarletteHTTPException, edge.http_error)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -98,18 +69,26 @@ def create_app(config: FeedbackConfig | None = None, *, migrate: bool = True) ->
         """Exchange a username and password, or an API token, for a session token."""
         extra = sorted(set(body) - {"username", "password", "token"})
         if extra:
-            raise HTTPException(422, f"{extra[0]}: not a login field (send username and password, or token)")
+            field = edge.clip(extra[0], 40)
+            raise HTTPException(422, f"{field}: not a login field (send username and password, or token)")
         authn: auth.Authenticator = request.app.state.auth
         if isinstance(body.get("token"), str):
-            user = authn.login_token(body["token"])
+            user = throttled_login(request, None, lambda: authn.login_token(body["token"]))
         elif isinstance(body.get("username"), str) and isinstance(body.get("password"), str):
-            user = authn.login_password(body["username"], body["password"])
+            name, password = body["username"], body["password"]
+            user = throttled_login(request, name, lambda: authn.login_password(name, password))
         else:
             raise HTTPException(422, "body: send {username, password} or {token}")
         if user is None:
             raise HTTPException(401, "wrong username, password or token")
-        token = authn.issue(user.id, user.role)
+        token = authn.issue(user.id)
         return {"token": token, "username": user.username, "role": user.role, "expires_in": auth.SESSION_SECONDS}
+
+    @app.post("/api/logout", status_code=204)
+    def logout(request: Request, user: auth.Principal = Depends(auth.anyone)) -> None:
+        """End the session this request was made with (an API token stays valid: revoke it instead)."""
+        if not user.session.startswith("alk_"):
+            request.app.state.auth.end_session(user.session)
 
     @app.get("/api/me")
     def me(user: auth.Principal = Depends(auth.anyone)) -> dict[str, Any]:
@@ -121,7 +100,6 @@ def create_app(config: FeedbackConfig | None = None, *, migrate: bool = True) ->
     app.include_router(pages.router)
     static = resources.files("alignloop.feedback") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
-    app.add_middleware(SecurityHeaders)
     return app
 
 
@@ -130,4 +108,7 @@ def app_from_env() -> FastAPI:
     url = os.environ.get(ENV_DATABASE)
     if not url:
         raise RuntimeError(f"set {ENV_DATABASE} to the feedback database URL")
-    return create_app(FeedbackConfig(database_url=url), migrate=False)
+    fields = json.loads(os.environ.get(ENV_CONFIG) or "{}")
+    known = {f.name for f in dataclasses.fields(FeedbackConfig)}
+    config = FeedbackConfig(**{k: v for k, v in fields.items() if k in known})
+    return create_app(dataclasses.replace(config, database_url=url), migrate=False)

@@ -212,7 +212,6 @@ class FeedbackClient:
         if len(prompts) != len(completions_per_prompt):
             raise AlignloopError(f"{len(prompts)} prompts but {len(completions_per_prompt)} completion lists")
         name = campaign or f"comparisons-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        c = self.create_campaign(name, task_type, guidelines, overlap=overlap, screened_only=screened_only)
         items = []
         for n, (p, comps) in enumerate(zip(prompts, completions_per_prompt, strict=True)):
             pid, text, category, user_id = prompt_fields(p)
@@ -221,7 +220,8 @@ class FeedbackClient:
             if sources is not None:
                 item["sources"] = list(sources[n])
             items.append(item)
-        self.upload_items(c["id"], items)
+        # The items go with the campaign in one request: the service stores both or neither.
+        c = self.create_campaign(name, task_type, guidelines, overlap=overlap, screened_only=screened_only, items=items)
         self.assign(c["id"], overlap=overlap, groups=list(groups) if groups else None)
         return c["id"]
 

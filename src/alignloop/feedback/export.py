@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from alignloop.data.export import to_trl_preference, to_trl_prompt_completion
 from alignloop.data.records import Prompt
+from alignloop.feedback.edge import MAX_ID
 from alignloop.feedback.forms import to_record
 from alignloop.feedback.models import Campaign, Item, Label, LabelerGroup, User
 
@@ -43,9 +44,10 @@ def select_campaigns(s: Session, names_or_ids: list[str] | None) -> list[Campaig
     out = []
     for ref in names_or_ids:
         q = select(Campaign).where(Campaign.name == ref)
-        c = s.scalar(q) or (s.get(Campaign, int(ref)) if ref.isdigit() else None)
+        is_id = ref.isascii() and ref.isdigit() and len(ref) <= 10 and int(ref) <= MAX_ID
+        c = s.scalar(q) or (s.get(Campaign, int(ref)) if is_id else None)
         if c is None:
-            raise LookupError(f"campaign: no campaign named {ref!r}")
+            raise LookupError(f"campaign: no campaign named {ref!r:.80}")
         out.append(c)
     return out
 

@@ -8,6 +8,7 @@ training code reads (``Ranking``, ``Demonstration``, ``Thumbs``, ``Rating``, ``R
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from alignloop.data.records import METADATA_FLAGS, Demonstration, Ranking, Rating, RuleViolations, Thumbs
@@ -57,12 +58,28 @@ def _int_list(name: str, value: Any) -> list[int]:
 
 def _ranking(k: int, answer: dict[str, Any], allow_ties: bool) -> tuple[list[int], list[list[int]]]:
     order = _int_list("order", answer["order"])
+    if len(order) != k:
+        raise FormError(f"order: must be a permutation of 0..{k - 1} (one place per completion), got {len(order)}")
     ties_raw = answer.get("ties") or []
-    if not isinstance(ties_raw, list):
-        raise FormError(f"ties: expected a list of groups of completion indices, got {ties_raw!r:.80}")
+    if not isinstance(ties_raw, list) or len(ties_raw) > k:
+        raise FormError(f"ties: expected a list of at most {k} groups of completion indices, got {ties_raw!r:.80}")
     ties = [_int_list("ties", g) for g in ties_raw]
     if ties and not allow_ties:
         raise FormError("ties: this campaign does not allow ties; give a strict order")
+    for g in ties:
+        if len(g) > k + 1:
+            raise FormError(f"ties: a tie group lists at most {k} completions, got {len(g)}")
+        repeated = sorted(c for c, n in Counter(g).items() if n > 1)
+        if repeated:
+            raise FormError(
+                f"ties: the group {g!r:.80} names completion {repeated[0]} twice; "
+                "a tie group lists two or more different completions, for example [0, 1]"
+            )
+        if len(g) >= k and set(g) == set(range(k)):
+            raise FormError(
+                "ties: every completion is tied with every other, which says nothing (no comparison); "
+                "rank at least two of them apart, or skip the task"
+            )
     try:
         Ranking("", "", [""] * k, order, ties=ties).validate()
     except ValueError as err:
@@ -75,7 +92,7 @@ def check_answer(task_type: str, k: int, answer: dict[str, Any], allow_ties: boo
     required, optional = FIELDS[task_type]
     extra = sorted(set(answer) - set(required) - set(optional))
     if extra:
-        raise FormError(f"{extra[0]}: not part of a {task_type} answer (expected {', '.join(required + optional)})")
+        raise FormError(f"{extra[0]:.40}: not part of a {task_type} answer (expected {', '.join(required + optional)})")
     missing = [f for f in required if answer.get(f) is None]
     if missing:
         raise FormError(f"{missing[0]}: required for a {task_type} answer")
@@ -106,7 +123,7 @@ def check_answer(task_type: str, k: int, answer: dict[str, Any], allow_ties: boo
             raise FormError("flags: expected a mapping of flag name to true/false")
         unknown = sorted(set(flags) - set(METADATA_FLAGS))
         if unknown:
-            raise FormError(f"flags: unknown flag {unknown[0]!r} (known: {', '.join(METADATA_FLAGS)})")
+            raise FormError(f"flags: unknown flag {unknown[0]!r:.60} (known: {', '.join(METADATA_FLAGS)})")
         return {"likert": likert, "flags": {f: bool(flags.get(f, False)) for f in METADATA_FLAGS}}
     # rule_violations
     order, ties = _ranking(k, answer, allow_ties)
@@ -118,7 +135,7 @@ def check_answer(task_type: str, k: int, answer: dict[str, Any], allow_ties: boo
             raise FormError(f"violations[{i}]: expected a list of rule names")
         unknown = sorted(set(v) - set(rules))
         if unknown:
-            raise FormError(f"violations[{i}]: unknown rule {unknown[0]!r} (this campaign's rules: {rules})")
+            raise FormError(f"violations[{i}]: unknown rule {unknown[0]!r:.60} (this campaign's rules: {rules})")
     return {"order": order, "ties": ties, "violations": [sorted(set(v)) for v in violations]}
 
 

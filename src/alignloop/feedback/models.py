@@ -132,3 +132,25 @@ class Label(Base):
     skip_reason: Mapped[str | None] = mapped_column(String(256), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LoginSession(Base):
+    """A login session: ended by deleting its row (logout, password change, deactivation).
+
+    The token a client holds is signed; only the SHA-256 of its random session id is stored, so a
+    copy of the database does not hand out live sessions.
+    """
+
+    __tablename__ = "login_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the session id
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    expires_at: Mapped[float] = mapped_column(Float)  # Unix time: compares the same on SQLite and PostgreSQL
+
+
+class LoginThrottle(Base):
+    """Login attempts counted in a fixed window per key (an account or a client address), shared by all workers."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)  # "account:<sha256>" or "address:<sha256>"
+    window_start: Mapped[float] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer)

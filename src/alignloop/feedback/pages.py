@@ -8,6 +8,7 @@ client, authenticated by the session cookie plus the page's CSRF token.
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 import jinja2
@@ -17,10 +18,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from alignloop.data.records import METADATA_FLAGS
 from alignloop.errors import AlignloopError
 from alignloop.feedback import auth
+from alignloop.feedback.edge import Id
 from alignloop.feedback.export import select_campaigns
 from alignloop.feedback.models import Campaign, LabelerGroup, User
 from alignloop.feedback.routes_admin import campaign_dict
 from alignloop.feedback.routes_labeler import load_task, pending_tasks
+from alignloop.feedback.throttle import throttled_login
 
 router = APIRouter(include_in_schema=False)
 ENV = jinja2.Environment(
@@ -76,10 +79,16 @@ def login_page(request: Request) -> HTMLResponse:
 
 @router.post("/login")
 def login_form(request: Request, username: str = Form(""), password: str = Form("")) -> Response:
-    user = request.app.state.auth.login_password(username, password)
+    authn = request.app.state.auth
+    try:
+        user = throttled_login(request, username, lambda: authn.login_password(username, password))
+    except HTTPException as err:  # 429: too many attempts
+        resp = render(request, "login.html", err.status_code, error=f"{err.detail}.", user=None)
+        resp.headers.update(err.headers or {})
+        return resp
     if user is None:
         return render(request, "login.html", 401, error="Wrong username or password.", user=None)
-    token = request.app.state.auth.issue(user.id, user.role)
+    token = authn.issue(user.id)
     resp = RedirectResponse("/admin" if user.role == "admin" else "/tasks", status_code=303)
     resp.set_cookie(
         auth.SESSION_COOKIE,
@@ -94,12 +103,19 @@ def login_form(request: Request, username: str = Form(""), password: str = Form(
 
 @router.post("/logout")
 def logout(request: Request, csrf: str = Form("")) -> Response:
-    user = page_user(request)
-    if isinstance(user, auth.Principal) and csrf == request.app.state.auth.csrf(user.session):
-        resp = RedirectResponse("/login", status_code=303)
-        resp.delete_cookie(auth.SESSION_COOKIE)
-        return resp
-    return RedirectResponse("/", status_code=303)
+    """The page's "Log out" form: it sends the CSRF token as a form field (a form cannot set headers)."""
+    authn = request.app.state.auth
+    try:
+        user = authn.authenticate(request, check_csrf=False)
+    except HTTPException:
+        user = None
+    if user is None or not hmac.compare_digest(csrf.encode(), authn.csrf(user.session).encode()):
+        return RedirectResponse("/", status_code=303)
+    if user.via_cookie:
+        authn.end_session(user.session)
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(auth.SESSION_COOKIE)
+    return resp
 
 
 @router.get("/tasks")
@@ -125,7 +141,7 @@ def next_task(request: Request) -> Response:
 
 
 @router.get("/tasks/{assignment_id}")
-def task_page(assignment_id: int, request: Request) -> Response:
+def task_page(assignment_id: Id, request: Request) -> Response:
     user = page_user(request, "labeler")
     if not isinstance(user, auth.Principal):
         return user
@@ -161,7 +177,7 @@ def admin_page(request: Request) -> Response:
 
 
 @router.get("/admin/campaigns/{campaign_id}")
-def campaign_page(campaign_id: int, request: Request) -> Response:
+def campaign_page(campaign_id: Id, request: Request) -> Response:
     from alignloop.feedback import analysis  # numpy/scipy on first use
 
     user = page_user(request, "admin")

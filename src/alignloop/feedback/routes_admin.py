@@ -8,7 +8,7 @@ default a hash of its prompt id, prompt and completions) is unique within its ca
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
@@ -20,12 +20,32 @@ from alignloop.data.records import CATEGORIES, stable_id
 from alignloop.errors import AlignloopError
 from alignloop.feedback import auth
 from alignloop.feedback.assignment import assign, eligible_labelers
+from alignloop.feedback.edge import Id, clip
 from alignloop.feedback.export import export_records, select_campaigns, to_rows
-from alignloop.feedback.forms import FormError, check_answer, check_item
+from alignloop.feedback.forms import MAX_TEXT, TASK_TYPES, FormError, check_answer, check_item
 from alignloop.feedback.models import Assignment, Campaign, Item, Label, User
 from alignloop.feedback.routes_people import Strict, group_id
 
 router = APIRouter(prefix="/api/admin", dependencies=[Depends(auth.admin)])
+
+
+# Every string is bounded here, so SQLite (which ignores VARCHAR lengths) and PostgreSQL (which
+# enforces them) accept exactly the same values, and a page never carries more than the form needs.
+MAX_K = max(hi for _, hi in TASK_TYPES.values())
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+Completion = Annotated[str, Field(max_length=MAX_TEXT)]
+Rule = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ItemIn(Strict):
+    prompt_id: str = Field(min_length=1, max_length=128)
+    prompt: str = Field(min_length=1, max_length=50_000)
+    completions: list[Completion] = Field(default_factory=list, max_length=MAX_K)
+    sources: list[Annotated[str, Field(max_length=128)]] | None = Field(None, max_length=MAX_K)
+    category: str = Field("other", max_length=32)
+    user_id: str = Field("", max_length=128)
+    key: str | None = Field(None, max_length=64)
+    gold: dict[str, Any] | None = None
 
 
 class CampaignIn(Strict):
@@ -34,20 +54,11 @@ class CampaignIn(Strict):
     guidelines: str = Field(min_length=1, max_length=20_000)
     overlap: int | None = Field(None, ge=1, le=50)  # labelers per item; default: FeedbackConfig.overlap
     allow_ties: bool = False
-    rules: list[str] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list, max_length=100)
     screening: bool = False
     screened_only: bool = False
-
-
-class ItemIn(Strict):
-    prompt_id: str = Field(min_length=1, max_length=128)
-    prompt: str = Field(min_length=1, max_length=50_000)
-    completions: list[str] = Field(default_factory=list)
-    sources: list[str] | None = None
-    category: str = "other"
-    user_id: str = ""
-    key: str | None = Field(None, max_length=64)
-    gold: dict[str, Any] | None = None
+    # Items to store with the campaign in the same transaction: a push is all or nothing.
+    items: list[ItemIn] | None = Field(None, max_length=10_000)
 
 
 class ItemsIn(Strict):
@@ -56,8 +67,8 @@ class ItemsIn(Strict):
 
 class AssignIn(Strict):
     overlap: int | None = Field(None, ge=1, le=50)
-    groups: list[str] | None = None
-    labelers: list[str] | None = None
+    groups: list[Name] | None = Field(None, max_length=1000)
+    labelers: list[Name] | None = Field(None, max_length=1000)
 
 
 class ScreenIn(Strict):
@@ -87,21 +98,33 @@ def campaign_dict(s, c: Campaign) -> dict[str, Any]:
 
 @router.post("/campaigns", status_code=201)
 def create_campaign(body: CampaignIn, request: Request) -> dict[str, Any]:
-    """A campaign of one feedback form; its settings are fixed once created."""
+    """A campaign of one feedback form; its settings are fixed once created.
+
+    With ``items`` the campaign and its items are stored in one transaction: a push whose items do
+    not fit the form is refused whole (422) and leaves no empty campaign behind.
+    """
     if body.task_type == "rule_violations" and not body.rules:
         raise HTTPException(422, "rules: a rule_violations campaign needs the list of written rules")
     if body.allow_ties and body.task_type not in ("ranking", "rule_violations"):
         raise HTTPException(422, f"allow_ties: only ranking forms have ties, not {body.task_type}")
     with request.app.state.db.write() as s:
-        fields = body.model_dump()
+        fields = body.model_dump(exclude={"items"})
         fields["overlap"] = body.overlap or request.app.state.config.overlap
         c = Campaign(**fields)
         s.add(c)
         try:
+            s.flush()
+        except IntegrityError:
+            raise HTTPException(409, f"name: a campaign named {clip(body.name)!r} exists") from None
+        added: dict[str, Any] = {}
+        if body.items:
+            created, ids = _add_items(s, c, body.items)  # a 422 here rolls the campaign back too
+            added = {"created": created, "existing": len(ids) - created, "item_ids": ids}
+        try:
             s.commit()
         except IntegrityError:
-            raise HTTPException(409, f"name: a campaign named {body.name!r} exists") from None
-        return campaign_dict(s, c)
+            raise HTTPException(409, f"name: a campaign named {clip(body.name)!r} exists") from None
+        return campaign_dict(s, c) | added
 
 
 @router.get("/campaigns")
@@ -111,7 +134,7 @@ def list_campaigns(request: Request) -> list[dict[str, Any]]:
 
 
 @router.get("/campaigns/{campaign_id}")
-def get_campaign(campaign_id: int, request: Request) -> dict[str, Any]:
+def get_campaign(campaign_id: Id, request: Request) -> dict[str, Any]:
     with request.app.state.db.read() as s:
         return campaign_dict(s, _campaign(s, campaign_id))
 
@@ -131,27 +154,36 @@ def _checked_item(c: Campaign, n: int, it: ItemIn) -> dict[str, Any]:
 
 
 @router.post("/campaigns/{campaign_id}/items", status_code=201)
-def upload_items(campaign_id: int, body: ItemsIn, request: Request) -> dict[str, Any]:
+def upload_items(campaign_id: Id, body: ItemsIn, request: Request) -> dict[str, Any]:
     """Upload prompts with their model completions; all are checked before any is stored."""
     with request.app.state.db.write() as s:
         c = _campaign(s, campaign_id)
-        rows = [_checked_item(c, n, it) for n, it in enumerate(body.items)]
-        existing = dict(s.execute(select(Item.key, Item.id).where(Item.campaign_id == c.id)).all())
-        new = {}
-        for r in rows:
-            if r["key"] not in existing and r["key"] not in new:
-                new[r["key"]] = Item(**r)
-        s.add_all(new.values())
+        created, ids = _add_items(s, c, body.items)
         try:
             s.commit()
         except IntegrityError:
             raise HTTPException(409, "items: a concurrent upload added the same items; retry") from None
-        ids = [existing[r["key"]] if r["key"] in existing else new[r["key"]].id for r in rows]
-    return {"created": len(new), "existing": len(rows) - len(new), "item_ids": ids}
+    return {"created": created, "existing": len(ids) - created, "item_ids": ids}
+
+
+def _add_items(s, c: Campaign, items: list[ItemIn]) -> tuple[int, list[int]]:
+    """Check every item, then add the new ones to ``s``: (number created, item id of each input in order)."""
+    rows = [_checked_item(c, n, it) for n, it in enumerate(items)]
+    existing = dict(s.execute(select(Item.key, Item.id).where(Item.campaign_id == c.id)).all())
+    new: dict[str, Item] = {}
+    for r in rows:
+        if r["key"] not in existing and r["key"] not in new:
+            new[r["key"]] = Item(**r)
+    s.add_all(new.values())
+    try:
+        s.flush()
+    except IntegrityError:
+        raise HTTPException(409, "items: a concurrent upload added the same items; retry") from None
+    return len(new), [existing[r["key"]] if r["key"] in existing else new[r["key"]].id for r in rows]
 
 
 @router.put("/items/{item_id}/gold")
-def set_gold(item_id: int, answer: dict[str, Any], request: Request) -> dict[str, Any]:
+def set_gold(item_id: Id, answer: dict[str, Any], request: Request) -> dict[str, Any]:
     """An admin's (gold) answer to an item, used to screen labelers."""
     with request.app.state.db.write() as s:
         item = s.get(Item, item_id)
@@ -167,7 +199,7 @@ def set_gold(item_id: int, answer: dict[str, Any], request: Request) -> dict[str
 
 
 @router.post("/campaigns/{campaign_id}/assign")
-def assign_campaign(campaign_id: int, body: AssignIn, request: Request) -> dict[str, Any]:
+def assign_campaign(campaign_id: Id, body: AssignIn, request: Request) -> dict[str, Any]:
     """Give each item to ``overlap`` labelers (default: the campaign's), never the same labeler twice.
 
     A screening campaign goes to every eligible labeler (each must label the whole gold set).
@@ -190,7 +222,7 @@ def assign_campaign(campaign_id: int, body: AssignIn, request: Request) -> dict[
 
 
 @router.get("/campaigns/{campaign_id}/labels")
-def list_labels(campaign_id: int, request: Request) -> list[dict[str, Any]]:
+def list_labels(campaign_id: Id, request: Request) -> list[dict[str, Any]]:
     """Every label of a campaign with its labeler and item (skips included)."""
     with request.app.state.db.read() as s:
         _campaign(s, campaign_id)
@@ -217,7 +249,7 @@ def list_labels(campaign_id: int, request: Request) -> list[dict[str, Any]]:
 
 
 @router.post("/campaigns/{campaign_id}/screen")
-def screen_campaign(campaign_id: int, body: ScreenIn, request: Request) -> dict[str, Any]:
+def screen_campaign(campaign_id: Id, body: ScreenIn, request: Request) -> dict[str, Any]:
     """Score labelers against the gold set; those at or above the threshold qualify for real tasks."""
     from alignloop.feedback import analysis  # numpy/scipy: imported on first use, so workers start fast
 
@@ -233,7 +265,7 @@ def screen_campaign(campaign_id: int, body: ScreenIn, request: Request) -> dict[
 
 
 @router.get("/campaigns/{campaign_id}/agreement")
-def agreement(campaign_id: int, request: Request, threshold: float | None = Query(None, ge=0, le=1)) -> dict:
+def agreement(campaign_id: Id, request: Request, threshold: float | None = Query(None, ge=0, le=1)) -> dict:
     """Inter-annotator agreement and the per-labeler table (outliers flagged)."""
     from alignloop.feedback import analysis
 
@@ -248,9 +280,9 @@ def agreement(campaign_id: int, request: Request, threshold: float | None = Quer
 @router.get("/ratings")
 def policy_ratings(
     request: Request,
-    campaign: list[str] | None = Query(None),
+    campaign: list[Annotated[str, Field(max_length=128)]] | None = Query(None, max_length=100),
     bootstrap: int = Query(200, ge=0, le=5000),
-    seed: int = 0,
+    seed: int = Query(0, ge=0, le=2**32 - 1),
 ) -> dict[str, Any]:
     """Elo and Bradley-Terry ratings of the policies behind the completions, with bootstrap intervals."""
     from alignloop.feedback import analysis
@@ -269,7 +301,7 @@ def export(
     request: Request,
     dataset: Literal["sft", "rm", "ppo", "thumbs", "ratings", "rule_violations"] = "rm",
     format: Literal["alignloop", "trl"] = "alignloop",
-    campaign: list[str] | None = Query(None),
+    campaign: list[Annotated[str, Field(max_length=128)]] | None = Query(None, max_length=100),
     held_out: Literal["exclude", "include", "only"] = "exclude",
 ) -> StreamingResponse:
     """A dataset as JSON lines: alignloop records (read_jsonl works) or TRL's columns."""
@@ -280,6 +312,7 @@ def export(
             raise HTTPException(404, str(err)) from None
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
-    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    # The edge keeps unencodable text out; "replace" still lets rows stored before it existed export.
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8", "replace")
     headers = {"X-Record-Count": str(len(rows))}
     return StreamingResponse(iter([body]), media_type="application/x-ndjson", headers=headers)

@@ -19,17 +19,19 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from alignloop.data.records import METADATA_FLAGS
 from alignloop.feedback import auth
+from alignloop.feedback.edge import Id
 from alignloop.feedback.forms import SKIP_REASONS, FormError, check_answer
 from alignloop.feedback.models import Assignment, Campaign, Item, Label
 
 router = APIRouter(prefix="/api")
+MAX_TASKS = 10_000  # most tasks one listing returns
 
 
 def campaign_settings(request: Request, campaign_id: int) -> dict[str, Any]:
@@ -196,7 +198,11 @@ def _receipt(label_id: int, assignment_id: int, skip: str | None, duplicate: boo
 
 
 @router.get("/tasks")
-def list_tasks(request: Request, limit: int = 100, user: auth.Principal = Depends(auth.labeler)) -> dict[str, Any]:
+def list_tasks(
+    request: Request,
+    limit: int = Query(100, ge=1, le=MAX_TASKS),
+    user: auth.Principal = Depends(auth.labeler),
+) -> dict[str, Any]:
     """Your pending tasks, oldest first."""
     with request.app.state.db.read() as s:
         counts = dict(
@@ -210,14 +216,14 @@ def list_tasks(request: Request, limit: int = 100, user: auth.Principal = Depend
 
 
 @router.get("/tasks/{assignment_id}")
-def get_task(assignment_id: int, request: Request, user: auth.Principal = Depends(auth.labeler)) -> dict[str, Any]:
+def get_task(assignment_id: Id, request: Request, user: auth.Principal = Depends(auth.labeler)) -> dict[str, Any]:
     """One task with its guidelines, prompt and completions."""
     return load_task(request, user, assignment_id)
 
 
 @router.post("/tasks/{assignment_id}/label")
 def post_label(
-    assignment_id: int,
+    assignment_id: Id,
     request: Request,
     answer: dict[str, Any] = Body(..., description="The answer; its fields depend on the task type."),
     idempotency_key: str | None = Header(None, max_length=128),
@@ -229,7 +235,7 @@ def post_label(
 
 @router.post("/tasks/{assignment_id}/skip")
 def post_skip(
-    assignment_id: int,
+    assignment_id: Id,
     request: Request,
     body: dict[str, Any] = Body(..., examples=[{"reason": "intent unclear"}]),
     idempotency_key: str | None = Header(None, max_length=128),

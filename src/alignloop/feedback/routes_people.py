@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from alignloop.errors import AlignloopError
 from alignloop.feedback import accounts, auth
+from alignloop.feedback.edge import clip
 from alignloop.feedback.models import ApiToken, Label, LabelerGroup, User
 
 router = APIRouter(prefix="/api/admin", dependencies=[Depends(auth.admin)])
@@ -23,16 +24,16 @@ class Strict(BaseModel):
 class UserIn(Strict):
     username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
     role: Literal["admin", "labeler"] = "labeler"
-    password: str | None = Field(None, min_length=8, max_length=256)
-    group: str | None = None
+    password: str | None = Field(None, min_length=auth.MIN_PASSWORD, max_length=256)
+    group: str | None = Field(None, max_length=64)
     token: bool = False  # also create an API token and return it once
 
 
 class UserPatch(Strict):
     active: bool | None = None
-    group: str | None = None
+    group: str | None = Field(None, max_length=64)
     qualified: bool | None = None
-    password: str | None = Field(None, min_length=8, max_length=256)
+    password: str | None = Field(None, min_length=auth.MIN_PASSWORD, max_length=256)
 
 
 class GroupIn(Strict):
@@ -87,7 +88,7 @@ def patch_user(username: str, body: UserPatch, request: Request) -> dict[str, An
     with request.app.state.db.write() as s:
         user = s.scalar(select(User).where(User.username == username))
         if user is None:
-            raise HTTPException(404, f"no user {username!r}")
+            raise HTTPException(404, f"no user {clip(username)!r}")
         fields = body.model_dump(exclude_unset=True)
         if "group" in fields:
             user.group_id = group_id(s, body.group)
@@ -96,7 +97,10 @@ def patch_user(username: str, body: UserPatch, request: Request) -> dict[str, An
                 setattr(user, name, fields[name])
         if body.password:
             user.password_hash = auth.hash_password(body.password)
+        if body.password or fields.get("active") is False:
+            auth.end_sessions(s, user.id)  # a new password or deactivation logs the user out everywhere, at once
         s.commit()
+        request.app.state.auth.forget(user.id)
         return {"username": user.username, "active": user.active, "qualified": user.qualified}
 
 
@@ -106,7 +110,7 @@ def create_token(username: str, request: Request) -> dict[str, str]:
     with request.app.state.db.write() as s:
         uid = s.scalar(select(User.id).where(User.username == username))
         if uid is None:
-            raise HTTPException(404, f"no user {username!r}")
+            raise HTTPException(404, f"no user {clip(username)!r}")
         token, digest = auth.new_api_token()
         s.add(ApiToken(user_id=uid, token_hash=digest, name="api", revoked=False))
         s.commit()
@@ -122,7 +126,7 @@ def create_group(body: GroupIn, request: Request) -> dict[str, Any]:
         try:
             s.commit()
         except IntegrityError:
-            raise HTTPException(409, f"name: group {body.name!r} exists") from None
+            raise HTTPException(409, f"name: group {clip(body.name)!r} exists") from None
         return {"id": g.id, "name": g.name, "held_out": g.held_out}
 
 
