@@ -244,20 +244,17 @@ def gathered_model(model: Any) -> Any:
         return None
     plain = copy.deepcopy(model._alignloop_skeleton)
     plain.load_state_dict(state, assign=True, strict=False)
-    params = dict(plain.named_parameters())
-    missing = [n for n in params if params[n].is_meta]
     for name, buf in model.named_buffers():  # buffers are not sharded: every process holds them whole
         owner, _, leaf = name.rpartition(".")
         target = plain.get_submodule(owner) if owner else plain
         target._buffers[leaf] = buf.detach().to("cpu").clone()
-    if missing:  # tied weights the gathered state lists once
-        for m in plain.modules():
-            if hasattr(m, "tie_weights"):
-                m.tie_weights()
-                break
-        still = [n for n, p in plain.named_parameters() if p.is_meta]
-        if still:
-            raise RuntimeError(f"gathered model misses {still[:3]}")
+    for m in plain.modules():  # loading assigned tied weights (embeddings / LM head) one tensor each: tie again
+        if hasattr(m, "tie_weights"):
+            m.tie_weights()
+            break
+    missing = [n for n, p in plain.named_parameters() if p.is_meta]
+    if missing:
+        raise RuntimeError(f"the gathered model misses {missing[:3]}")
     return plain
 
 
