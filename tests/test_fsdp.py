@@ -55,7 +55,7 @@ corpus = ["The cat sat on the mat.", "Rain falls in spring.", "Bread needs flour
 
 def sft_cfg(strategy, lora=0):
     return SFTConfig(model=ModelConfig(name="tiny"), epochs=2, lr=1e-2, batch_size=4 // world, warmup_ratio=0.0,
-                     eval_at_start=False, checkpoint_every=1, lora_r=lora, lora_alpha=16,
+                     eval_at_start=False, checkpoint_every=1, lora_r=lora, lora_alpha=16, lora_dropout=0.0,
                      distributed=DistributedConfig(strategy=strategy))
 
 def ppo_cfg(strategy):

@@ -150,5 +150,5 @@ def test_cli_dtype_option_reaches_the_run_config(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     saved = load_config(tmp_path / "run" / "config.yaml", SFTConfig)
     assert saved.distributed.dtype == "bf16" and saved.distributed.gradient_checkpointing
-    bad = CliRunner().invoke(app, [*args[:3], str(tmp_path / "run2"), *args[4:], "--dtype", "fp8"])
-    assert bad.exit_code != 0 and "distributed.dtype" in bad.output
+    bad = CliRunner().invoke(app, [*args[:4], str(tmp_path / "run2"), *args[5:], "--dtype", "fp8"])
+    assert bad.exit_code != 0 and "distributed.dtype" in str(bad.exception)

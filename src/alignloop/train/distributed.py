@@ -187,6 +187,11 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
     world, rank = dist.get_world_size(), dist.get_rank()
     skeleton = copy.deepcopy(model).to("meta") if rank == 0 else None
     model.to(device)
+    # Every process must start from the same weights: newly initialised ones (LoRA adapters, heads)
+    # were drawn from each rank's own seed. DDP broadcasts rank 0's at wrapping; fully_shard does not.
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
     mesh = init_device_mesh(device.type, (world,))
     done: list[str] = []
     for name, module in model.named_modules():
