@@ -11,7 +11,8 @@ per config, the process group is shared), so the suite pays for the 2-process st
   here), unlike a run that silently did not shard;
 * at the end the FSDP SFT run is repeated and both processes SIGKILL themselves right after the
   checkpoint of step 2; a second launch resumes it (and resumes the PPO run from its first
-  checkpoint), and both must end with the uninterrupted runs' weights.
+  checkpoint), and both must end with the uninterrupted runs' weights; that launch also runs PPO
+  with LoRA, bf16 and gradient checkpointing under FSDP to a saved plain folder.
 
 Tolerance: 2e-5 absolute on every weight (float32 sums in another order: the gradient mean over
 processes; FSDP reduce-scatters where DDP all-reduces); every update moves the weights far more.
@@ -30,7 +31,7 @@ import pytest
 import torch
 
 WORKER = r"""
-import json, os, signal, sys
+import dataclasses, json, os, signal, sys
 import torch
 import torch.distributed as dist
 from alignloop.config import DistributedConfig, GenerationConfig, ModelConfig, PPOConfig, RMConfig, SFTConfig
@@ -110,6 +111,12 @@ elif mode == "resume":
     train_sft(sft_cfg("fsdp"), demos, None, f"{out}/sft-killed", resume=True)
     PPOTrainer(ppo_cfg("fsdp"), "tiny", scorer, prompts, f"{out}/ppo-resumed", ptx_texts=corpus, progress=False,
                resume=True).train()
+    # PPO with LoRA (the reference = the sharded base with adapters off), bf16 autocast and gradient
+    # checkpointing, under FSDP: it completes and saves a plain folder (adapters merged)
+    low = DistributedConfig(strategy="fsdp", dtype="bf16", gradient_checkpointing=True)
+    lora = dataclasses.replace(ppo_cfg("fsdp"), total_episodes=8, lora_r=4, gamma_ptx=0.0, checkpoint_every=0,
+                               distributed=low)
+    PPOTrainer(lora, "tiny", scorer, prompts, f"{out}/ppo-lora", progress=False).train()
 print("worker done", mode, rank)
 """
 
@@ -206,3 +213,5 @@ def test_ddp_and_fsdp_on_two_processes_match_one_process_and_resume_exactly(tmp_
     _launch(script, two, "resume", 2)
     assert _worst(_hf_weights(two / "sft-fsdp" / "final"), _hf_weights(killed / "final")) < 1e-7
     assert _worst(_hf_weights(two / "ppo-fsdp" / "policy"), _hf_weights(two / "ppo-resumed" / "policy")) < 1e-7
+    lora_policy, _ = load_policy(str(two / "ppo-lora" / "policy"))
+    assert not any("lora" in name for name, _ in lora_policy.named_parameters())
