@@ -29,6 +29,7 @@ mkdir -p "$LOG"
 RESULTS="$LOG/results"; rm -rf "$RESULTS"; mkdir -p "$RESULTS"
 WORK="$(mktemp -d /tmp/alignloop-gpu-work.XXXX)"
 SITE="$(mktemp -d /tmp/alignloop-gpu-site.XXXX)"
+trap 'rm -rf "$WORK" "$SITE"' EXIT
 START=$(date +%s)
 BUDGET="${ALIGNLOOP_GPU_BUDGET:-450}"   # seconds for all parts together (the whole script stays under 8 min)
 exec > >(tee -a "$LOG/gpu.log") 2>&1
@@ -124,4 +125,3 @@ else echo "-- trl-ppo: skipped (no bench/.gpu/trl-0.29 wheels)" | tee "$RESULTS/
 echo
 echo "== results ($(( $(date +%s) - START ))s in all; logs in $LOG)"
 "$PY" "$HERE/gpu.py" --table "$RESULTS" | tee "$LOG/table.txt"
-rm -rf "$WORK" "$SITE"

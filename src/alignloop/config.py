@@ -144,7 +144,7 @@ class SFTConfig:
     lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or a comma-separated list
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float = 1.0  # 0 = no clipping
-    mixed_precision: str = "no"  # Accelerate: "no" | "bf16" | "fp16"
+    mixed_precision: str = "no"  # older name of distributed.dtype: "no" | "bf16" | "fp16" (used when dtype is fp32)
     checkpoint_every: int = 0  # optimizer steps; 0 = only at the end of each epoch
     keep_checkpoints: int = 2
     eval_at_start: bool = True  # validation metrics of the starting model, logged at step 0

@@ -119,10 +119,14 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", "--host"),
         port: int = typer.Option(8100, "--port"),
         batch_size: int = typer.Option(16, "--batch-size", help="Completions per forward pass."),
+        device: str = typer.Option(None, "--device", help="Where the model runs, e.g. cuda:1 (default: the CPU)."),
+        dtype: str = typer.Option(None, "--dtype", help="Weights: fp32, bf16 or fp16 (default: as saved)."),
     ) -> None:
         """Serve POST /score {prompts, completions} -> {scores} for PPO and evaluation."""
         from alignloop.models.rm_server import serve
 
-        serve(str(model_dir), host, port, batch_size)
+        if dtype is not None and dtype not in ("fp32", "bf16", "fp16"):
+            raise AlignloopError(f"--dtype: must be fp32, bf16 or fp16, got {dtype!r}")
+        serve(str(model_dir), host, port, batch_size, device=device, dtype=dtype)
 
     app.add_typer(group, name="rm")

@@ -187,6 +187,11 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
     world, rank = dist.get_world_size(), dist.get_rank()
     skeleton = copy.deepcopy(model).to("meta") if rank == 0 else None
     model.to(device)
+    # Every process must start from the same weights: newly initialised ones (LoRA adapters, heads)
+    # were drawn from each rank's own seed. DDP broadcasts rank 0's at wrapping; fully_shard does not.
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
     mesh = init_device_mesh(device.type, (world,))
     done: list[str] = []
     for name, module in model.named_modules():
@@ -244,20 +249,17 @@ def gathered_model(model: Any) -> Any:
         return None
     plain = copy.deepcopy(model._alignloop_skeleton)
     plain.load_state_dict(state, assign=True, strict=False)
-    params = dict(plain.named_parameters())
-    missing = [n for n in params if params[n].is_meta]
     for name, buf in model.named_buffers():  # buffers are not sharded: every process holds them whole
         owner, _, leaf = name.rpartition(".")
         target = plain.get_submodule(owner) if owner else plain
         target._buffers[leaf] = buf.detach().to("cpu").clone()
-    if missing:  # tied weights the gathered state lists once
-        for m in plain.modules():
-            if hasattr(m, "tie_weights"):
-                m.tie_weights()
-                break
-        still = [n for n, p in plain.named_parameters() if p.is_meta]
-        if still:
-            raise RuntimeError(f"gathered model misses {still[:3]}")
+    for m in plain.modules():  # loading assigned tied weights (embeddings / LM head) one tensor each: tie again
+        if hasattr(m, "tie_weights"):
+            m.tie_weights()
+            break
+    missing = [n for n, p in plain.named_parameters() if p.is_meta]
+    if missing:
+        raise RuntimeError(f"the gathered model misses {missing[:3]}")
     return plain
 
 

@@ -472,9 +472,13 @@ def train_sft(
         epoch, in_epoch = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order_epoch, order = epoch, epoch_order(len(train_ex), cfg.seed, epoch)
-        mine = rank_slice(global_step_indices(order, in_epoch, global_batch, world), acc.process_index, world)
+        step_rows = global_step_indices(order, in_epoch, global_batch, world)
+        mine = rank_slice(step_rows, acc.process_index, world)
         micro = [mine[i : i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
         n_tokens = max(1, sum(_n_response_tokens(train_ex[i]) for i in mine))
+        # Each rank divides by the step's GLOBAL token count / world: the gradient mean over ranks
+        # (DDP, FSDP) is then the gradient of the mean over every token of the step, as on one process.
+        per_rank = max(1, sum(_n_response_tokens(train_ex[i]) for i in step_rows)) / world
         model.train()
         loss_sum = 0.0
         for j, idx in enumerate(micro):
@@ -482,7 +486,7 @@ def train_sft(
             sync = j == len(micro) - 1
             with nullcontext() if sync else acc.no_sync(model):
                 nll, _ = response_only_loss(*response_logits(model, batch))
-                precision.backward(acc, nll / n_tokens)
+                precision.backward(acc, nll / per_rank)
             loss_sum += nll.detach()
         loss_sum = float(loss_sum)  # one device sync per step, not one per micro-batch
         lr = scheduler.get_last_lr()[0]
