@@ -72,9 +72,7 @@ _TEMPLATES = (
 )
 
 
-def group_weights(
-    gold: dict[str, float], n_groups: int, spread: float, seed: int
-) -> list[tuple[float, ...]]:
+def group_weights(gold: dict[str, float], n_groups: int, spread: float, seed: int) -> list[tuple[float, ...]]:
     """Per group, weights over :data:`~.gold.COMPONENTS` scattered around the gold weights (module docstring).
 
     Rows sum to 1; before clipping, the mean over groups is exactly the normalised gold weights.
@@ -162,9 +160,7 @@ class SimulatedPanel:
     def group_weights(self) -> dict[int, dict[str, float]]:
         """Each group's weights over the gold components (those of its first labeler; gold's when unset)."""
         gold = group_weights(self.judge.cfg.weights, 1, 0.0, 0)[0]
-        return {
-            g: dict(zip(COMPONENTS, labs[0].weights or gold, strict=True)) for g, labs in self.groups().items()
-        }
+        return {g: dict(zip(COMPONENTS, labs[0].weights or gold, strict=True)) for g, labs in self.groups().items()}
 
     # -- who labels what ---------------------------------------------------------------------------
     def labeler(self, labeler_id: str) -> SimulatedLabeler:
@@ -283,7 +279,9 @@ class SimulatedPanel:
         pid, text, _ = _fields(prompt)
         lab = self._who(labeler, text, [completion])
         comps, _, n = self._seen(text, [completion])
-        up = lab.thumbs(lab.utilities(comps)[0], n[0], self.cfg.thumbs_threshold, self._rng("thumbs", lab, text, [completion]))
+        up = lab.thumbs(
+            lab.utilities(comps)[0], n[0], self.cfg.thumbs_threshold, self._rng("thumbs", lab, text, [completion])
+        )
         return Thumbs(pid, text, completion, up, lab.id)
 
     def rate(
