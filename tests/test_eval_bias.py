@@ -179,13 +179,13 @@ def test_crows_errors_name_file_line_and_column(tmp_path):
         bias.load_crows_pairs(p)
     # an unquoted comma inside a sentence would shift the columns: refused, pointing at it
     p.write_text(",sent_more,sent_less,stereo_antistereo,bias_type\n0,Yes, he did.,No.,stereo,race\n")
-    with pytest.raises(DataFileError, match=r"crows\.csv:2:7: 6 fields but the header has 5"):
+    with pytest.raises(DataFileError, match=r"crows\.csv:2:26: 6 fields but the header has 5.*must be quoted"):
         bias.load_crows_pairs(p)
     # a file cut inside a quoted sentence
     p.write_text(',sent_more,sent_less,stereo_antistereo,bias_type\n0,"He was poor,')
     with pytest.raises(
         DataFileError,
-        match=r"crows\.csv:2:15: the file ends inside a quoted field opened at "
+        match=r"crows\.csv:2:16: the file ends inside a quoted field opened at "
         r"line 2, column 3",
     ):
         bias.load_crows_pairs(p)
