@@ -12,6 +12,7 @@ Two measurements, run on each policy (SFT, PPO, PPO-ptx) and shown side by side:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +31,22 @@ class MCQuestion:
 
 
 #: Field names of each part of an item in the layouts HellaSwag circulates in, in order of preference:
-#: the official files and the Hugging Face dataset (``ctx`` or ``ctx_a`` + ``ctx_b``, ``endings``,
-#: ``label``), exports that name the context ``context``, and lm-evaluation-harness documents
-#: (``query``, ``choices``, ``gold``).
+#: the official files and the Hugging Face dataset (``ctx_a`` + ``ctx_b`` or ``ctx``, ``endings``,
+#: ``label``, ``activity_label``), exports that name the context ``context``, and
+#: lm-evaluation-harness documents (``query``, ``choices``, ``gold``; already cleaned).
 HELLASWAG_FIELDS = {
     "context": ("ctx", "context", "query"),
     "endings": ("endings", "choices"),
     "label": ("label", "gold"),
 }
+
+
+def hellaswag_clean(text: str) -> str:
+    """The WikiHow items' markup removed the way lm-evaluation-harness does (the de facto zero-shot
+    reference): " [title]" becomes a sentence break, other bracketed tags go, double spaces close up."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
 
 
 def _first(row: dict, names: tuple[str, ...]) -> tuple[str | None, object]:
@@ -50,14 +59,19 @@ def _first(row: dict, names: tuple[str, ...]) -> tuple[str | None, object]:
 
 def load_hellaswag_jsonl(path: str | os.PathLike[str], limit: int | None = None) -> list[MCQuestion]:
     """Read HellaSwag items from JSON lines in any layout of :data:`HELLASWAG_FIELDS` (the label as an
-    int or a digit string); an error names file, line and field."""
+    int or a digit string); an error names file, line and field.
+
+    The question is put as lm-evaluation-harness puts it: "activity_label: ctx_a Ctx_b" and the
+    endings, all cleaned by :func:`hellaswag_clean`."""
     out = []
     for where, row in iter_json_lines(path, "give a HellaSwag-format JSONL file"):
         if not isinstance(row, dict):
             raise DataFileError(f"{where}: expected a JSON object")
-        ctx_name, ctx = _first(row, HELLASWAG_FIELDS["context"])
-        if ctx_name is None and "ctx_a" in row:
-            ctx_name, ctx = "ctx_a", f"{row.get('ctx_a', '')} {row.get('ctx_b', '')}".strip()
+        if isinstance(row.get("ctx_a"), str) and isinstance(row.get("ctx_b"), str):
+            # the reference builds the context from its halves, the second capitalised (str.capitalize)
+            ctx_name, ctx = "ctx_a", f"{row['ctx_a']} {row['ctx_b'].capitalize()}"
+        else:
+            ctx_name, ctx = _first(row, HELLASWAG_FIELDS["context"])
         if ctx_name is None:
             known = ", ".join((*HELLASWAG_FIELDS["context"], "ctx_a + ctx_b"))
             raise DataFileError(f"{where}: no context field (one of {known})")
@@ -82,7 +96,13 @@ def load_hellaswag_jsonl(path: str | os.PathLike[str], limit: int | None = None)
             raise DataFileError(
                 f"{where}: field '{label_name}': expected an index 0..{len(endings) - 1}, got {label!r}"
             )
-        out.append(MCQuestion(ctx.strip(), [e.strip() for e in endings], label))
+        if ctx_name == "query":  # an lm-evaluation-harness document: built and cleaned already
+            out.append(MCQuestion(ctx.strip(), [e.strip() for e in endings], label))
+        else:
+            activity = row.get("activity_label")
+            if isinstance(activity, str) and activity.strip():
+                ctx = f"{activity}: {ctx}"
+            out.append(MCQuestion(hellaswag_clean(ctx), [hellaswag_clean(e) for e in endings], label))
         if limit is not None and len(out) >= limit:
             break
     if not out:

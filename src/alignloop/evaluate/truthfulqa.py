@@ -87,9 +87,10 @@ class MCItem:
 
 
 def _sentence(answer: str) -> str:
-    """Answers as full sentences ending in a period, as the published MC file writes them."""
+    """An answer closed with a period unless it already ends in one, as TruthfulQA's own code formats
+    answers before scoring them (so "Yes!" becomes "Yes!.", exactly as the reference scores it)."""
     a = answer.strip()
-    return a if not a or a[-1] in ".!?" else a + "."
+    return a if not a or a[-1] == "." else a + "."
 
 
 def split_answers(cell: str) -> list[str]:
