@@ -52,7 +52,7 @@ def test_csv_errors_name_file_line_and_column(tmp_path):
         tq.load_truthfulqa_csv(p)
     # a file cut inside a quoted field: an error, not a stub answer (and no hint about ';')
     p.write_text(CSV + 'Adversarial,Health,Can you cure a cold?,"No, there is no cure; Rest')
-    with pytest.raises(DataFileError, match=r"bad\.csv:6:\d+: the file ends inside a quoted field opened at line 6"):
+    with pytest.raises(DataFileError, match=r"bad\.csv:4:\d+: the file ends inside a quoted field opened at line 4"):
         tq.load_truthfulqa_csv(p)
     # an extra unquoted comma would shift true answers into the false column: refused
     p.write_text(header + "A,B,Why?,Yes,Yes, it is,No,s\n")
