@@ -43,7 +43,8 @@ HELLASWAG_FIELDS = {
 
 def hellaswag_clean(text: str) -> str:
     """The WikiHow items' markup removed the way lm-evaluation-harness does (the de facto zero-shot
-    reference): " [title]" becomes a sentence break, other bracketed tags go, double spaces close up."""
+    reference): " [title]" becomes a sentence break, other bracketed tags go, double spaces close up.
+    Like the reference, the result is not stripped again ("[substeps] Rinse." gives " Rinse.")."""
     text = text.strip().replace(" [title]", ". ")
     text = re.sub(r"\[.*?\]", "", text)
     return text.replace("  ", " ")
@@ -97,7 +98,7 @@ def load_hellaswag_jsonl(path: str | os.PathLike[str], limit: int | None = None)
                 f"{where}: field '{label_name}': expected an index 0..{len(endings) - 1}, got {label!r}"
             )
         if ctx_name == "query":  # an lm-evaluation-harness document: built and cleaned already
-            out.append(MCQuestion(ctx.strip(), [e.strip() for e in endings], label))
+            out.append(MCQuestion(ctx, list(endings), label))
         else:
             activity = row.get("activity_label")
             if isinstance(activity, str) and activity.strip():
