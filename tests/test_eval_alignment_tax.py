@@ -243,6 +243,9 @@ def test_corpus_reader(tmp_path):
         tax.read_corpus(j)
     j.write_text(json.dumps({"text": "One doc."}) + "\n\n" + json.dumps({"text": "Two."}) + "\n")
     assert tax.read_corpus(j) == ["One doc.", "Two."]
+    # U+2028 is a line break to str.splitlines but a plain character inside a JSON string
+    j.write_text(json.dumps({"text": "One\u2028doc."}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert tax.read_corpus(j) == ["One\u2028doc."]
 
 
 def test_tiny_model_scores_are_batch_invariant_and_consistent():
