@@ -42,8 +42,31 @@ def test_rtp_errors_name_file_and_line(tmp_path):
     with pytest.raises(DataFileError, match=r"prompts\.jsonl:2: field 'prompt\.text'"):
         tox.load_rtp_jsonl(p)
     p = _rtp(tmp_path, [{"prompt": {"text": "ok"}}, "{not json"])
-    with pytest.raises(DataFileError, match=r"prompts\.jsonl:2: invalid JSON"):
+    with pytest.raises(DataFileError, match=r"prompts\.jsonl:2: invalid JSON at column 2: expecting property name"):
         tox.load_rtp_jsonl(p)
+    # a record cut inside its text: the position is where the line ends, not where the string opens
+    cut = '{"prompt": {"text": "' + "x" * 470 + " and then"
+    p = _rtp(tmp_path, [{"prompt": {"text": "ok"}}, cut])
+    with pytest.raises(
+        DataFileError,
+        match=rf"prompts\.jsonl:2: invalid JSON at column {len(cut) + 1}: the line ends inside a string opened at "
+        r"column 21$",
+    ):
+        tox.load_rtp_jsonl(p)
+
+
+def test_rtp_text_with_unicode_line_breaks_stays_one_record(tmp_path):
+    """JSON allows U+2028, U+0085 and a lone CR inside strings (escaped CR here); a record is one "\\n" line."""
+    text = "First line\u2028second\x85third"
+    p = tmp_path / "prompts.jsonl"
+    p.write_text(json.dumps({"prompt": {"text": text}}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [i.text for i in tox.load_rtp_jsonl(p)] == [text]
+
+
+def test_rtp_flat_layouts(tmp_path):
+    rows = [{"prompt": "So I said to him", "toxicity": 0.2}, {"text": "Then she", "toxicity": None}]
+    items = tox.load_rtp_jsonl(_rtp(tmp_path, rows))
+    assert [(i.text, i.toxicity) for i in items] == [("So I said to him", 0.2), ("Then she", None)]
 
 
 def test_expected_max_toxicity_and_probability_by_hand():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from alignloop.labelers import (
     expected_agreement,
     length_score,
 )
+from alignloop.labelers.panel import group_weights
 from alignloop.labelers.text import distinct_ngram_ratio, keywords, stem
 
 PROMPT = "Write a short poem about the ocean at night."
@@ -305,7 +307,7 @@ def test_ties_within_tolerance(judge):
 
 
 def test_best_pick_is_a_degenerate_ranking(judge):
-    panel = SimulatedPanel(PanelConfig(temperature=0.0), judge)
+    panel = SimulatedPanel(PanelConfig(temperature=0.0, group_spread=0.0), judge)  # every group values gold's mix
     r = panel.best_pick(PROMPT, [TOXIC, GOOD, OFF_TOPIC, ""], "labeler-0")
     r.validate()
     assert r.order[0] == 1 and r.ties == [r.order[1:]]
@@ -422,3 +424,110 @@ def test_panel_composition_and_config_errors(judge):
         panel.rank(PROMPT, [GOOD])
     with pytest.raises(AlignloopError, match="no ranked pairs"):
         panel.agreement_with_gold("labeler-0", [])
+
+
+# -- labeler groups that value different things, position bias, fatigue ------------------------------------
+
+
+def test_group_weights_average_to_gold_and_spread_as_configured():
+    gold = {"sentiment": 1.0, "non_toxicity": 1.0, "coverage": 1.0, "length": 1.0}
+    for n_groups in (2, 3, 5):
+        w = np.array(group_weights(gold, n_groups, 0.5, seed=3))
+        assert w.shape == (n_groups, 4) and np.allclose(w.sum(axis=1), 1.0) and (w > 0).all()
+        assert np.allclose(w.mean(axis=0), 0.25)  # the population's weights are gold's (no clipping at 0.5)
+        rms = np.sqrt(((w - 0.25) ** 2).mean(axis=1))
+        assert np.allclose(rms, 0.5 * 0.25)  # every group equally far from the population
+    assert group_weights(gold, 4, 0.0, seed=3) == [(0.25,) * 4] * 4
+    assert group_weights(gold, 1, 2.0, seed=3) == [(0.25,) * 4]
+    # a component gold ignores stays ignored by every group
+    w = np.array(group_weights({"sentiment": 1.0, "coverage": 3.0, "length": 0.0, "non_toxicity": 0.0}, 3, 0.2, 0))
+    assert (w[:, [1, 3]] == 0).all() and np.allclose(w.mean(axis=0), [0.25, 0, 0.75, 0])  # COMPONENTS order
+    assert len({tuple(row) for row in w.round(6)}) == 3
+
+
+def test_a_group_ranks_by_its_own_utility_and_gold_stays_the_population(judge):
+    panel = SimulatedPanel(PanelConfig(group_spread=1.0), judge)
+    weights = panel.group_weights()
+    comps = judge.components_batch([PROMPT] * 3, [GOOD, OFF_TOPIC, TOXIC])
+    for g, labs in panel.groups().items():
+        own = [c["substance"] * sum(weights[g][k] * c[k] for k in weights[g]) for c in comps]
+        assert labs[0].utilities(comps) == pytest.approx(own)
+    mean_utility = np.mean([labs[0].utilities(comps) for labs in panel.groups().values()], axis=0)
+    # the population (average of the groups) is the gold judge, up to weights clipped at 0
+    assert mean_utility == pytest.approx([c["utility"] for c in comps], abs=0.03)
+    assert len({tuple(w.values()) for w in weights.values()}) == 5
+
+
+def _two_group_agreement(judge, spread: float, its) -> tuple[float, float]:
+    """(observed, predicted) agreement on pairs between a labeler of group 0 and one of group 1, ranking
+    the same items; predicted from the Bradley-Terry model: p_a p_b + (1 - p_a)(1 - p_b) per pair."""
+    panel = SimulatedPanel(
+        PanelConfig(n_labelers=2, n_groups=2, careless_fraction=0, length_lover_fraction=0, group_spread=spread),
+        judge,
+    )
+    a, b = panel.labelers
+    agree, predicted, total = 0, 0.0, 0
+    for prompt, cs in its:
+        comps = judge.components_batch([prompt] * len(cs), cs)
+        ua, ub = a.utilities(comps), b.utilities(comps)
+        pa = {w: i for i, w in enumerate(panel.rank(prompt, cs, a).order)}
+        pb = {w: i for i, w in enumerate(panel.rank(prompt, cs, b).order)}
+        for i in range(len(cs)):
+            for j in range(i + 1, len(cs)):
+                sa = 1 / (1 + math.exp(-(ua[i] - ua[j]) / a.temperature))
+                sb = 1 / (1 + math.exp(-(ub[i] - ub[j]) / b.temperature))
+                predicted += sa * sb + (1 - sa) * (1 - sb)
+                agree += (pa[i] < pa[j]) == (pb[i] < pb[j])
+                total += 1
+    return agree / total, predicted / total
+
+
+def test_more_group_spread_means_less_cross_group_agreement(judge):
+    rng = np.random.default_rng(0)
+    words = "great bad ocean night calm awful happy stars waves idiot kind song".split()
+    its = []
+    for i in range(150):
+        prompt = f"Write about the ocean at night, take {i}."
+        its.append((prompt, [" ".join(rng.choice(words, size=rng.integers(3, 30))) for _ in range(4)]))
+    results = {s: _two_group_agreement(judge, s, its) for s in (0.0, 0.6, 1.5)}
+    observed = [results[s][0] for s in (0.0, 0.6, 1.5)]
+    predicted = [results[s][1] for s in (0.0, 0.6, 1.5)]
+    assert predicted[0] > predicted[1] > predicted[2]
+    assert observed[0] > observed[2] + 0.05
+    for o, p in zip(observed, predicted, strict=True):
+        assert abs(o - p) < 4 * math.sqrt(p * (1 - p) / len(its)), (observed, predicted)
+
+
+def test_position_bias_favours_the_first_shown_completion():
+    rng = np.random.default_rng(7)
+    biased = SimulatedLabeler("b", temperature=0.1, position_bias=0.1)
+    plain = SimulatedLabeler("p", temperature=0.1)
+    u, n = [0.5, 0.5], [10, 10]
+    first_biased = sum(biased.best_pick(u, n, rng) == 0 for _ in range(3000)) / 3000
+    first_plain = sum(plain.best_pick(u, n, rng) == 0 for _ in range(3000)) / 3000
+    assert first_plain == pytest.approx(0.5, abs=0.03)
+    assert first_biased == pytest.approx(1 / (1 + math.exp(-1.0)), abs=0.03)  # sigmoid(0.1 / 0.1)
+    assert biased.position_bonus(3).tolist() == pytest.approx([0.1, 0.05, 0.0])
+    panel = SimulatedPanel(PanelConfig(position_bias=0.05, seed=1))
+    bonuses = [lab.position_bias for lab in panel.labelers]
+    assert len(set(bonuses)) == len(bonuses) and all(0 <= x <= 0.1 for x in bonuses)
+
+
+def test_fatigue_lowers_agreement_with_gold_over_a_session(judge):
+    tired = SimulatedLabeler("t", temperature=0.02, fatigue=0.5, session_items=40)
+    assert tired.temperature_at(0) == 0.02 and tired.temperature_at(20) == pytest.approx(0.27)
+    assert tired.temperature_at(40) == 0.02  # a new session starts fresh
+    panel = SimulatedPanel(PanelConfig(n_labelers=1, n_groups=1), judge, labelers=[tired])
+    its = items(40)
+    rankings = panel.rank_items(its)
+    early = panel.agreement_with_gold(tired, rankings[:13])
+    late = panel.agreement_with_gold(tired, rankings[-13:])
+    assert early > late + 0.1, (early, late)
+    fresh = SimulatedPanel(PanelConfig(n_labelers=1, n_groups=1), judge, labelers=[replace(tired, fatigue=0.0)])
+    assert fresh.agreement_with_gold(None, fresh.rank_items(its)[-13:]) > late + 0.1
+
+
+def test_panel_knobs_are_validated(judge):
+    for bad in ({"group_spread": -1}, {"position_bias": -0.1}, {"fatigue": -1}, {"session_items": 0}):
+        with pytest.raises(AlignloopError, match="panel config"):
+            SimulatedPanel(PanelConfig(**bad), judge)

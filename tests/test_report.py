@@ -192,9 +192,7 @@ def test_eval_cli_rejects_bad_input_before_loading_models(tmp_path):
     bad.write_text("sent_more,sent_less,stereo_antistereo,bias_type\nA.,,stereo,race\n")
     res = CliRunner().invoke(app, ["eval", "--policy", "ppo=no-such-model", "--crows-pairs", str(bad)])
     assert res.exit_code != 0
-    assert isinstance(res.exception, AlignloopError) and "crows.csv:2: empty sent_more or sent_less" in str(
-        res.exception
-    )
+    assert isinstance(res.exception, AlignloopError) and "crows.csv:2:4: empty sent_less" in str(res.exception)
     res = CliRunner().invoke(app, ["eval", "--policy", "ppo=tiny"])
     assert "nothing to evaluate: no judge, no prompts and no benchmark file" in str(res.exception)
     res = CliRunner().invoke(app, ["eval", "--policy", "ppo=tiny", "--judge", "gold"])

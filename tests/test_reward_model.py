@@ -3,6 +3,7 @@ normalisation after save/load, exact resume, cross-validation by labeler group, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -27,9 +28,11 @@ from alignloop.models.reward import (
     pad_id,
 )
 from alignloop.train.reward import (
+    EncodedRanking,
     chunk_prompts,
     crossval,
     encode_rankings,
+    expand_pairs,
     split_by_prompt,
     train_reward_model,
 )
@@ -241,6 +244,35 @@ def test_micro_batching_accumulates_the_same_gradient_as_one_big_batch(tmp_path,
     b, _ = load_reward_model(runs[64].model_dir)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.allclose(x, y, atol=1e-5), name
+
+
+def test_shuffled_pairs_batching_makes_every_pair_an_element_over_the_same_steps(tmp_path, data) -> None:
+    model, tok = init_reward_model("tiny")
+    train = data["train"][:12]  # K in {2, 4, 6, 9}
+    enc = encode_rankings(model, tok, train)
+    pairs = expand_pairs(enc)
+    assert len(pairs) == sum(len(list(r.pairs())) for r in train)
+    assert all(len(p.items) == 2 and p.ranks == [0, 1] for p in pairs)
+    # the winner comes first; a tie gives no pair
+    tied = EncodedRanking(enc[3].items[:3], [1, 1, 0])
+    assert [[id(i) for i in p.items] for p in expand_pairs([tied])] == [
+        [id(tied.items[2]), id(tied.items[0])],
+        [id(tied.items[2]), id(tied.items[1])],
+    ]
+
+    cfg = tiny_cfg(epochs=2, prompts_per_step=4)
+    runs = {}
+    for mode in ("per_prompt", "shuffled_pairs"):
+        run_cfg = dataclasses.replace(cfg, batching=mode)
+        runs[mode] = train_reward_model(run_cfg, train, tmp_path / mode, val=data["val"][:4], progress=False)
+    assert runs["per_prompt"].steps == runs["shuffled_pairs"].steps == 6  # 12 prompts / 4 per step, 2 epochs
+    for mode in runs:
+        steps = [r for r in read_metrics(tmp_path / mode) if "train/pairs" in r]
+        assert sum(r["train/pairs"] for r in steps) == 2 * len(pairs), mode  # every comparison once per epoch
+    pair_steps = [r["train/pairs"] for r in read_metrics(tmp_path / "shuffled_pairs") if "train/pairs" in r]
+    assert max(pair_steps) - min(pair_steps) <= len(pairs) / 3  # pairs spread evenly over the steps
+    with pytest.raises(ValueError, match="batching: must be per_prompt or shuffled_pairs"):
+        dataclasses.replace(cfg, batching="pairs").validate()
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, data) -> None:

@@ -68,6 +68,14 @@ class PanelConfig:
     length_bias: float = 0.3  # a length lover's utility bonus per 100 words (capped at 300 words)
     tie_tolerance: float = 0.0  # perceived utilities this close are ranked as ties; 0 = no ties
     thumbs_threshold: float = 0.6  # thumbs up when the noisy perceived utility exceeds this
+    # Labeler groups differ in what they value (see alignloop.labelers.panel): each group weighs the gold
+    # utility's components with its own weights, the population's (gold) weights plus a deviation whose
+    # size is group_spread times the mean weight; deviations sum to 0 over the groups, so the gold utility
+    # stays the population's average. 0 = every group shares the gold weights.
+    group_spread: float = 1.0
+    position_bias: float = 0.0  # mean utility bonus for the completion shown first (0 for the last shown)
+    fatigue: float = 0.0  # Bradley-Terry noise added to the temperature by the end of a labeling session
+    session_items: int = 50  # items in one labeling session: fatigue grows over a session, resets after it
 
     def validate(self) -> None:
         if not 0 <= self.careless_fraction <= 1:
@@ -82,6 +90,10 @@ class PanelConfig:
             raise ValueError("n_groups: must be between 1 and n_labelers")
         if self.length_bias < 0 or self.tie_tolerance < 0:
             raise ValueError("length_bias, tie_tolerance: must be >= 0")
+        if self.group_spread < 0 or self.position_bias < 0 or self.fatigue < 0:
+            raise ValueError("group_spread, position_bias, fatigue: must be >= 0")
+        if self.session_items < 1:
+            raise ValueError("session_items: must be at least 1")
 
 
 @dataclass
@@ -215,9 +227,14 @@ class RMConfig:
     eval_every: int = 0  # steps between held-out evaluations; 0 = at each epoch end
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    # per_prompt: a prompt's K completions and all C(K,2) pairs are one element (the paper's choice);
+    # shuffled_pairs: every pair its own element, shuffled across prompts (for comparison; overfits sooner)
+    batching: str = "per_prompt"
 
     def validate(self) -> None:
         self.distributed.validate()
+        if self.batching not in ("per_prompt", "shuffled_pairs"):
+            raise ValueError(f"batching: must be per_prompt or shuffled_pairs, got {self.batching!r}")
         if self.backbone not in ("auto", "causal", "encoder"):
             raise ValueError(f"backbone: must be auto, causal or encoder, got {self.backbone!r}")
         if self.pooling not in ("auto", "last", "mean", "cls"):

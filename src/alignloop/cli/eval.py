@@ -51,17 +51,25 @@ def register(app: typer.Typer) -> None:
         human_ratings: Path = typer.Option(
             None, "--human-ratings", help="Rating JSONL from `alignloop feedback export --dataset ratings`."
         ),
-        truthfulqa: Path = typer.Option(None, "--truthfulqa", help="TruthfulQA.csv (MC and generation)."),
-        truthfulqa_mc: Path = typer.Option(None, "--truthfulqa-mc", help="TruthfulQA multiple-choice JSON."),
+        truthfulqa: Path = typer.Option(
+            None, "--truthfulqa", help="TruthfulQA.csv, or its HF generation JSON/JSONL (MC and generation)."
+        ),
+        truthfulqa_mc: Path = typer.Option(
+            None, "--truthfulqa-mc", help="TruthfulQA mc_task.json, or HF multiple_choice JSON/JSONL."
+        ),
         no_truthfulqa_generation: bool = typer.Option(False, "--no-truthfulqa-generation", help="MC only."),
         rtp: Path = typer.Option(None, "--rtp", help="RealToxicityPrompts prompts.jsonl."),
         toxicity_samples: int = typer.Option(4, "--toxicity-samples", help="k samples per toxicity prompt."),
         toxicity_scorer: str = typer.Option(
             "profanity-check", "--toxicity-scorer", help="profanity-check | detoxify[:TYPE] | perspective:URL."
         ),
-        crows_pairs: Path = typer.Option(None, "--crows-pairs", help="CrowS-Pairs CSV."),
+        crows_pairs: Path = typer.Option(
+            None, "--crows-pairs", help="crows_pairs_anonymized.csv, or a JSON/JSONL export."
+        ),
         winogender: Path = typer.Option(None, "--winogender", help="Winogender templates.tsv or all_sentences.tsv."),
-        hellaswag: Path = typer.Option(None, "--hellaswag", help="HellaSwag-format JSONL (ctx, endings, label)."),
+        hellaswag: Path = typer.Option(
+            None, "--hellaswag", help="HellaSwag JSONL (ctx_a/ctx_b, ctx, context or query layouts)."
+        ),
         corpus: Path = typer.Option(None, "--corpus", help="Plain-text corpus for perplexity."),
         redteam: Path = typer.Option(None, "--redteam", help="Adversarial prompts (one per line, or JSONL text)."),
         redteam_builtin: bool = typer.Option(False, "--redteam-builtin", help="Add the built-in adversarial prompts."),

@@ -13,6 +13,7 @@ import typer
 
 from alignloop.cli.scaling import DTYPE_HELP, FROZEN_HELP, GC_HELP, STRATEGY_HELP
 from alignloop.config import PPOConfig, load_stage_config, with_distributed
+from alignloop.data.jsonl import json_error
 from alignloop.errors import AlignloopError
 
 
@@ -27,7 +28,7 @@ def read_prompts(path: Path) -> list[str]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            raise AlignloopError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+            raise json_error(str(path), err, lineno) from None
         text = obj.get("text", obj.get("prompt")) if isinstance(obj, dict) else None
         if not isinstance(text, str) or not text.strip():
             raise AlignloopError(f"{path}:{lineno}: expected an object with a non-empty string field 'text'")

@@ -19,20 +19,62 @@ class DataFileError(AlignloopError):
     """A data file is missing or has a malformed line; the message names file, line and field."""
 
 
-def iter_json_lines(path: str | os.PathLike[str], missing_hint: str = "check the path") -> Iterator[tuple[str, Any]]:
-    """``(where, value)`` for each non-blank line of a JSONL file, ``where`` = "FILE:LINE" for the
-    caller's own field errors; a missing file or invalid JSON is an error naming file and line."""
+def json_error(source: str, err: json.JSONDecodeError, first_line: int = 1) -> DataFileError:
+    """The error for invalid JSON, as "SOURCE:LINE: invalid JSON at column COLUMN: what" (1-based, in characters).
+
+    ``err`` comes from parsing a text that starts at line ``first_line`` of the file (one JSONL line, or a
+    whole document with ``first_line`` 1). Python reports an unterminated string at the string's opening
+    quote; the text is really broken where it ends (a cut file, a lost quote), so that is the position
+    given, with the opening quote named beside it.
+    """
+    msg = err.msg.removesuffix(" at").removesuffix(" starting at")
+    line, col = err.lineno, err.colno
+    if err.msg.startswith("Unterminated string"):
+        body = err.doc.rstrip("\r\n")
+        line = body.count("\n") + 1
+        col = len(body) - (body.rfind("\n") + 1) + 1
+        msg = f"the text ends inside a string opened at line {first_line + err.lineno - 1}, column {err.colno}"
+        if line == err.lineno:
+            msg = f"the line ends inside a string opened at column {err.colno}"
+    return DataFileError(f"{source}:{first_line + line - 1}: invalid JSON at column {col}: {msg[:1].lower()}{msg[1:]}")
+
+
+def read_json_document(path: str | os.PathLike[str], missing_hint: str = "check the path") -> Any:
+    """A whole JSON file; invalid JSON names file, line and column (:func:`json_error`)."""
     p = Path(path)
     if not p.exists():
         raise DataFileError(f"{p}: no such file", missing_hint)
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"{p}: not UTF-8 text (byte {err.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise json_error(str(p), err) from None
+
+
+def iter_json_lines(path: str | os.PathLike[str], missing_hint: str = "check the path") -> Iterator[tuple[str, Any]]:
+    """``(where, value)`` for each non-blank line of a JSONL file, ``where`` = "FILE:LINE" for the
+    caller's own field errors; a missing file or invalid JSON is an error naming file, line and column.
+
+    Lines end at "\n" only (and a "\r" before it): other Unicode line breaks, which JSON allows
+    inside strings, do not split a record."""
+    p = Path(path)
+    if not p.exists():
+        raise DataFileError(f"{p}: no such file", missing_hint)
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise DataFileError(f"{p}:{lineno}: not UTF-8 text (byte {err.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataFileError(f"{p}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+                raise json_error(str(p), err, lineno) from None
             yield f"{p}:{lineno}", obj
 
 

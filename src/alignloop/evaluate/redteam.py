@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignloop.data.jsonl import DataFileError
+from alignloop.data.jsonl import DataFileError, json_error
 from alignloop.data.records import Prompt, stable_id
 from alignloop.stats.winrate import wilson_interval
 
@@ -88,7 +88,7 @@ def load_redteam_file(path: str | os.PathLike[str]) -> list[RedTeamPrompt]:
     if not p.exists():
         raise DataFileError(f"{p}: no such file", "give a text file with one adversarial prompt per line, or JSONL")
     out = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(p.read_text(encoding="utf-8-sig").split("\n"), start=1):
         s = line.strip()
         if not s or s.startswith("#"):
             continue
@@ -96,7 +96,7 @@ def load_redteam_file(path: str | os.PathLike[str]) -> list[RedTeamPrompt]:
             try:
                 row = json.loads(s)
             except json.JSONDecodeError as err:
-                raise DataFileError(f"{p}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+                raise json_error(str(p), err, lineno) from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
                 raise DataFileError(f"{p}:{lineno}: field 'text': expected a non-empty string")
             s = row["text"].strip()

@@ -440,15 +440,19 @@ def _bias_section(docs: list[dict[str, Any]], plot: Plotter) -> Section:
         "bias",
         "Bias (CrowS-Pairs, Winogender)",
         "Normalised entropy of the model's preference within each sentence pair (1 = no preference = unbiased); "
-        "CrowS-Pairs also shows the stereotype score (share of pairs where the stereotypical sentence is more "
-        "likely; 0.5 = unbiased).",
+        "CrowS-Pairs also shows the stereotype score (share of pairs where the stereotypical sentence, sent_more, is "
+        "more likely; 0.5 = unbiased) and, as its reference metric does, the score over the untied stereo and "
+        "antistereo pairs.",
     )
     rows, datasets = [], []
     for n, per in res.items():
         for ds, r in per.items():
             datasets.append(ds) if ds not in datasets else None
-            rows.append([n, ds, r["entropy"], r.get("stereotype_score"), r["n"]])
-    sec.table(["policy", "dataset", "normalised entropy", "stereotype score", "pairs"], rows)
+            by_dir = r.get("stereotype_score_by_direction") or {}
+            rows.append(
+                [n, ds, r["entropy"], r.get("stereotype_score"), by_dir.get("stereo"), by_dir.get("antistereo"), r["n"]]
+            )
+    sec.table(["policy", "dataset", "normalised entropy", "stereotype score", "stereo", "antistereo", "pairs"], rows)
     for n, per in res.items():
         for ds, r in per.items():
             if len(r.get("entropy_by_type", {})) > 1:

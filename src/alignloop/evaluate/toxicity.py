@@ -46,11 +46,20 @@ class ToxicityPrompt:
 
 
 def load_rtp_jsonl(path: str | os.PathLike[str], limit: int | None = None) -> list[ToxicityPrompt]:
-    """Read RealToxicityPrompts' prompts.jsonl ({"prompt": {"text", "toxicity", ...}, "continuation": {...},
-    "challenging": bool}); a bad line names file and line."""
+    """Read RealToxicityPrompts; a bad line names file, line and field.
+
+    Layouts: the published ``prompts.jsonl`` and the Hugging Face dataset ({"prompt": {"text", "toxicity",
+    ...}, "continuation": {...}, "challenging": bool}), and flat records of prompts alone
+    ({"prompt": "text"} or {"text": ..., "toxicity": ...})."""
     out = []
     for where, row in iter_json_lines(path, "give the path of RealToxicityPrompts' prompts.jsonl"):
-        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if not isinstance(row, dict):
+            raise DataFileError(f"{where}: expected a JSON object")
+        prompt = row.get("prompt")
+        if isinstance(prompt, str):
+            prompt = {"text": prompt, "toxicity": row.get("toxicity")}
+        elif prompt is None and "text" in row:
+            prompt = row
         if not isinstance(prompt, dict) or not isinstance(prompt.get("text"), str) or not prompt["text"].strip():
             raise DataFileError(f"{where}: field 'prompt.text': expected a non-empty string")
         tox = prompt.get("toxicity")

@@ -11,24 +11,25 @@ The paper (section 4.2) evaluates truthfulness two ways, each with and without t
   is reported next to both.
 
 Files read: the published CSV (columns Type, Category, Question, Best Answer, Correct Answers,
-Incorrect Answers, Source; answers separated by ';') and the multiple-choice JSON (a list of
-``{"question", "mc1_targets": {answer: 0|1}, "mc2_targets": {...}}``), which
-:func:`write_mc_json` also writes from the CSV.
+Incorrect Answers, Source; answers separated by ';'; every row's field count and quoting
+checked) and the multiple-choice JSON (a list of ``{"question", "mc1_targets": {answer: 0|1},
+"mc2_targets": {...}}``), which :func:`write_mc_json` also writes from the CSV; and the Hugging
+Face exports of both (see :func:`load_truthfulqa_csv` and :func:`load_mc_json`).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from alignloop.data.jsonl import DataFileError
+from alignloop.data.jsonl import DataFileError, iter_json_lines, read_json_document
+from alignloop.evaluate.files import read_table
 from alignloop.evaluate.likelihood import LogLikelihood
 
 CSV_COLUMNS = ("Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source")
@@ -86,9 +87,10 @@ class MCItem:
 
 
 def _sentence(answer: str) -> str:
-    """Answers as full sentences ending in a period, as the published MC file writes them."""
+    """An answer closed with a period unless it already ends in one, as TruthfulQA's own code formats
+    answers before scoring them (so "Yes!" becomes "Yes!.", exactly as the reference scores it)."""
     a = answer.strip()
-    return a if not a or a[-1] in ".!?" else a + "."
+    return a if not a or a[-1] == "." else a + "."
 
 
 def split_answers(cell: str) -> list[str]:
@@ -96,42 +98,85 @@ def split_answers(cell: str) -> list[str]:
     return [_sentence(a) for a in cell.split(";") if a.strip()]
 
 
+#: The Hugging Face ``truthful_qa`` "generation" fields (JSON / JSON-lines exports), answers as lists.
+HF_FIELDS = ("question", "best_answer", "correct_answers", "incorrect_answers")
+
+
+def _item(
+    where: Callable[[str], str], question: object, best: object, correct: list[str], incorrect: list[str], **meta: str
+) -> TruthfulQAItem:
+    """A TruthfulQA item from one row's values; ``where(field)`` locates a field for the error of an empty one."""
+    if not isinstance(question, str) or not question.strip():
+        raise DataFileError(f"{where('question')}: empty question")
+    best_s = _sentence(best) if isinstance(best, str) else ""
+    if not best_s:
+        raise DataFileError(f"{where('best_answer')}: empty best answer")
+    if not incorrect:
+        raise DataFileError(f"{where('incorrect_answers')}: empty incorrect answers")
+    if best_s not in correct:
+        correct.insert(0, best_s)
+    return TruthfulQAItem(question.strip(), best_s, correct, incorrect, **meta)
+
+
+#: CSV column of each field, for error positions.
+_CSV_FIELD = {"question": "Question", "best_answer": "Best Answer", "incorrect_answers": "Incorrect Answers"}
+
+
 def load_truthfulqa_csv(path: str | os.PathLike[str]) -> list[TruthfulQAItem]:
-    """Read TruthfulQA.csv; a missing column or an empty question/answer list names file and row."""
+    """Read TruthfulQA's questions with their true and false answers; an error names file, line and column.
+
+    Layouts: the published ``TruthfulQA.csv`` (Type, Category, Question, Best Answer, Correct Answers,
+    Incorrect Answers, Source; answers separated by ';'; the 2025 revision's extra "Best Incorrect
+    Answer" column and any other extra column are ignored), or the Hugging Face ``truthful_qa``
+    "generation" records as a JSON list or JSON lines (type, category, question, best_answer,
+    correct_answers and incorrect_answers as lists, source)."""
     p = Path(path)
-    if not p.exists():
-        raise DataFileError(f"{p}: no such file", "give the path of TruthfulQA.csv")
-    with p.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in CSV_COLUMNS[2:6] if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataFileError(
-                f"{p}: missing column(s) {', '.join(missing)}", f"the header must have {', '.join(CSV_COLUMNS)}"
-            )
-        items = []
-        for row in reader:
-            where = f"{p}:{reader.line_num}"
-            question = (row.get("Question") or "").strip()
-            if not question:
-                raise DataFileError(f"{where}: empty Question")
-            correct = split_answers(row.get("Correct Answers") or "")
-            incorrect = split_answers(row.get("Incorrect Answers") or "")
-            best = _sentence(row.get("Best Answer") or "")
-            if not best:
-                raise DataFileError(f"{where}: empty Best Answer")
-            if not incorrect:
-                raise DataFileError(f"{where}: no Incorrect Answers", "answers are separated by ';'")
-            if best not in correct:
-                correct.insert(0, best)
+    hint = "give the path of TruthfulQA.csv"
+    items = []
+    if p.suffix in (".json", ".jsonl"):
+        records = (
+            [(f"{p}: record #{i}", r) for i, r in enumerate(_json_list(p, hint))]
+            if p.suffix == ".json"
+            else iter_json_lines(p, hint)
+        )
+        for where, row in records:
+            if not isinstance(row, dict) or any(f not in row for f in HF_FIELDS):
+                raise DataFileError(f"{where}: expected an object with {', '.join(HF_FIELDS)}")
+            answers = {}
+            for f in ("correct_answers", "incorrect_answers"):
+                v = row[f]
+                if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
+                    raise DataFileError(f"{where}: field '{f}': expected a list of strings")
+                answers[f] = [_sentence(a) for a in v if a.strip()]
+            meta = {k: str(row.get(k) or "").strip() for k in ("type", "category", "source")}
             items.append(
-                TruthfulQAItem(
-                    question,
-                    best,
-                    correct,
-                    incorrect,
-                    (row.get("Type") or "").strip(),
-                    (row.get("Category") or "").strip(),
-                    (row.get("Source") or "").strip(),
+                _item(
+                    lambda _field, w=where: w,
+                    row["question"],
+                    row["best_answer"],
+                    answers["correct_answers"],
+                    answers["incorrect_answers"],
+                    **meta,
+                )
+            )
+    else:
+        _, rows = read_table(
+            p,
+            required=CSV_COLUMNS[2:6],
+            missing_hint=hint,
+            header_hint=f"the header must have {', '.join(CSV_COLUMNS)}",
+        )
+        for row in rows:
+            items.append(
+                _item(
+                    lambda field, r=row: r.where(_CSV_FIELD[field]),
+                    row.get("Question"),
+                    row.get("Best Answer"),
+                    split_answers(row.get("Correct Answers")),
+                    split_answers(row.get("Incorrect Answers")),
+                    type=row.get("Type").strip(),
+                    category=row.get("Category").strip(),
+                    source=row.get("Source").strip(),
                 )
             )
     if not items:
@@ -155,32 +200,48 @@ def write_mc_json(items: Sequence[MCItem], path: str | os.PathLike[str]) -> None
     Path(path).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def load_mc_json(path: str | os.PathLike[str]) -> list[MCItem]:
-    """Read the multiple-choice JSON; errors name the file and the question's index."""
-    p = Path(path)
-    if not p.exists():
-        raise DataFileError(f"{p}: no such file", "give the path of the multiple-choice JSON")
-    try:
-        rows = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataFileError(f"{p}:{err.lineno}: invalid JSON ({err.msg})") from None
+def _json_list(p: Path, hint: str) -> list:
+    rows = read_json_document(p, hint)
     if not isinstance(rows, list) or not rows:
         raise DataFileError(f"{p}: expected a non-empty JSON list of questions")
+    return rows
+
+
+def _targets(where: str, key: str, t: object) -> dict[str, int]:
+    """``{answer: 0|1}`` from either layout: the published map, or Hugging Face's {"choices", "labels"} lists."""
+    if isinstance(t, dict) and set(t) == {"choices", "labels"}:
+        choices, labels = t["choices"], t["labels"]
+        if not isinstance(choices, list) or not isinstance(labels, list) or len(choices) != len(labels):
+            raise DataFileError(f"{where}: '{key}': 'choices' and 'labels' must be lists of the same length")
+        t = dict(zip(choices, labels, strict=True))
+    if not isinstance(t, dict) or any(isinstance(v, bool) or v not in (0, 1) for v in t.values()):
+        raise DataFileError(f"{where}: '{key}' must map answers to 0 or 1 (or hold 'choices' and 'labels' lists)")
+    return {str(a): int(v) for a, v in t.items()}
+
+
+def load_mc_json(path: str | os.PathLike[str]) -> list[MCItem]:
+    """Read the multiple-choice questions; errors name the file and the question (or line).
+
+    Layouts: the published ``mc_task.json`` (a JSON list of {"question", "mc1_targets": {answer: 0|1},
+    "mc2_targets": {...}}), and the Hugging Face ``truthful_qa`` "multiple_choice" records, where each
+    targets object is {"choices": [...], "labels": [...]}, as a JSON list or JSON lines (``.jsonl``)."""
+    p = Path(path)
+    hint = "give the path of the multiple-choice JSON"
+    if p.suffix == ".jsonl":
+        records = list(iter_json_lines(p, hint))
+    else:
+        records = [(f"{p}: question #{i}", r) for i, r in enumerate(_json_list(p, hint))]
     out = []
-    for i, row in enumerate(rows):
-        where = f"{p}: question #{i}"
+    for where, row in records:
         if not isinstance(row, dict) or not isinstance(row.get("question"), str):
             raise DataFileError(f"{where}: needs a 'question' string")
-        targets = {}
-        for key in ("mc1_targets", "mc2_targets"):
-            t = row.get(key, {})
-            if not isinstance(t, dict) or any(v not in (0, 1) for v in t.values()):
-                raise DataFileError(f"{where}: '{key}' must map answers to 0 or 1")
-            targets[key] = {str(a): int(v) for a, v in t.items()}
-        mc1 = targets["mc1_targets"]
+        mc1 = _targets(where, "mc1_targets", row.get("mc1_targets", {}))
+        mc2 = _targets(where, "mc2_targets", row.get("mc2_targets", {}))
         if sum(mc1.values()) != 1 or len(mc1) < 2:
             raise DataFileError(f"{where}: 'mc1_targets' needs exactly one true answer and at least one false one")
-        out.append(MCItem(row["question"], mc1, targets["mc2_targets"]))
+        out.append(MCItem(row["question"], mc1, mc2))
+    if not out:
+        raise DataFileError(f"{p}: no questions")
     return out
 
 

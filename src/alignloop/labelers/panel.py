@@ -9,10 +9,33 @@ The panel's labelers see the hidden gold utility of :mod:`.gold` through Bradley
 (see :mod:`.labeler`); a share of them are careless (answer at random) and a share love long
 answers. :meth:`SimulatedPanel.screen` measures each labeler's agreement with gold on a
 screening set, the way the paper screened its contractors.
+
+Labeler groups differ in what they value, as real groups of labelers do (the paper's held-out
+labelers agree less with a reward model trained on the others: 69.6 vs 72.4 %). Group g weighs
+the gold components (sentiment, non-toxicity, coverage, length) with
+
+    w_g = p + group_spread * mean(p) * sqrt(C) * z_g
+
+where p are the gold weights (normalised to sum 1) over the C components and z_g are G points
+evenly spaced on a circle of unit vectors that sum to 0 over the components (its plane is a
+seeded draw). So each w_g still sums to 1, every group lies equally far from the population
+(its weights differ from p by group_spread * mean(p) per component, root mean square; with only
+two components in play the groups lie on a line and their distances vary), and the
+groups' weights average exactly to p: the gold utility is the population's utility, the average
+of the groups' utilities. A weight
+pushed below 0 is clipped and its group's weights renormalised (then the average is only close
+to p). Components whose gold weight is 0 stay at 0 in every group. ``group_spread = 0`` (or one
+group) gives every labeler the gold weights.
+
+Per-labeler habits, off by default: ``position_bias`` (each labeler draws its own bonus for the
+completion shown first, uniformly in [0, 2 * position_bias]) and ``fatigue`` (temperature
+rising over each session of ``session_items`` rankings; see :mod:`.labeler`). Fatigue applies
+to rankings and best-picks: :meth:`SimulatedPanel.rank_items` counts each labeler's items.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +53,7 @@ from alignloop.data.records import (
     stable_id,
 )
 from alignloop.errors import AlignloopError
-from alignloop.labelers.gold import GoldJudge
+from alignloop.labelers.gold import COMPONENTS, GoldJudge
 from alignloop.labelers.labeler import SimulatedLabeler
 from alignloop.labelers.rules import RULES, metadata_flags, violated_rules
 from alignloop.labelers.text import keywords
@@ -47,6 +70,33 @@ _TEMPLATES = (
     "Here is a friendly answer about {a}. It is a wonderful topic: thinking about {others} helps us "
     "understand it better. I hope this is useful, and enjoy exploring it further!",
 )
+
+
+def group_weights(gold: dict[str, float], n_groups: int, spread: float, seed: int) -> list[tuple[float, ...]]:
+    """Per group, weights over :data:`~.gold.COMPONENTS` scattered around the gold weights (module docstring).
+
+    Rows sum to 1; before clipping, the mean over groups is exactly the normalised gold weights.
+    """
+    p = np.array([max(0.0, float(gold.get(c, 0.0))) for c in COMPONENTS])
+    p = p / p.sum()
+    active = p > 0
+    if spread == 0 or n_groups == 1 or active.sum() < 2:
+        return [tuple(float(x) for x in p)] * n_groups
+    c = int(active.sum())
+    # two seeded orthonormal directions a, b in the sum-zero subspace of the active components
+    basis = np.random.default_rng([seed, 0x6E0]).standard_normal((c, 2))
+    basis -= basis.mean(axis=0)
+    a, b = np.linalg.qr(basis)[0].T
+    angles = 2 * np.pi * np.arange(n_groups) / n_groups
+    z = np.zeros((n_groups, len(p)))
+    # group g sits at angle 2*pi*g/G on the circle spanned by a and b: unit length, and the G points sum to 0.
+    if c > 2:
+        z[:, active] = np.cos(angles)[:, None] * a + np.sin(angles)[:, None] * b
+    else:  # evenly spaced along the line through p, from -a to +a
+        z[:, active] = np.linspace(-1.0, 1.0, n_groups)[:, None] * a
+    w = np.clip(p + spread * p[active].mean() * math.sqrt(c) * z, 0.0, None)
+    w = w / w.sum(axis=1, keepdims=True)
+    return [tuple(float(x) for x in row) for row in w]
 
 
 def _fields(prompt: PromptLike) -> tuple[str, str, str]:
@@ -90,6 +140,8 @@ class SimulatedPanel:
         careless = {int(i) for i in perm[:n_careless]}
         lovers = {int(i) for i in perm[n_careless : n_careless + n_lovers]}
         width = len(str(n - 1))
+        weights = group_weights(self.judge.cfg.weights, cfg.n_groups, cfg.group_spread, cfg.seed)
+        position = np.random.default_rng([cfg.seed, 0x905]).uniform(0.0, 2.0, size=n) * cfg.position_bias
         return [
             SimulatedLabeler(
                 id=f"labeler-{i:0{width}d}",
@@ -97,9 +149,18 @@ class SimulatedPanel:
                 temperature=cfg.temperature,
                 length_bias=cfg.length_bias if i in lovers else 0.0,
                 careless=i in careless,
+                weights=weights[i % cfg.n_groups],
+                position_bias=float(position[i]),
+                fatigue=cfg.fatigue,
+                session_items=cfg.session_items,
             )
             for i in range(n)
         ]
+
+    def group_weights(self) -> dict[int, dict[str, float]]:
+        """Each group's weights over the gold components (those of its first labeler; gold's when unset)."""
+        gold = group_weights(self.judge.cfg.weights, 1, 0.0, 0)[0]
+        return {g: dict(zip(COMPONENTS, labs[0].weights or gold, strict=True)) for g, labs in self.groups().items()}
 
     # -- who labels what ---------------------------------------------------------------------------
     def labeler(self, labeler_id: str) -> SimulatedLabeler:
@@ -159,14 +220,17 @@ class SimulatedPanel:
         completions: Sequence[str],
         labeler: SimulatedLabeler | str | None = None,
         sources: Sequence[str] | None = None,
+        session_position: int = 0,
     ) -> Ranking:
-        """A labeler's ranking of K completions (ties when ``cfg.tie_tolerance`` > 0)."""
+        """A labeler's ranking of K completions (ties when ``cfg.tie_tolerance`` > 0), shown in the given order;
+        ``session_position`` is how many items the labeler ranked before in this session (for fatigue)."""
         pid, text, _ = _fields(prompt)
         if len(completions) < 2:
             raise AlignloopError(f"a ranking needs at least 2 completions, got {len(completions)}")
         lab = self._who(labeler, text, completions)
-        _, util, n = self._seen(text, completions)
-        order, ties = lab.rank(util, n, self._rng("rank", lab, text, completions), self.cfg.tie_tolerance)
+        comps, _, n = self._seen(text, completions)
+        rng = self._rng("rank", lab, text, completions)
+        order, ties = lab.rank(lab.utilities(comps), n, rng, self.cfg.tie_tolerance, session_position)
         return Ranking(
             pid,
             text,
@@ -186,8 +250,8 @@ class SimulatedPanel:
         if len(completions) < 2:
             raise AlignloopError(f"a best-pick needs at least 2 completions, got {len(completions)}")
         lab = self._who(labeler, text, completions)
-        _, util, n = self._seen(text, completions)
-        best = lab.best_pick(util, n, self._rng("best", lab, text, completions))
+        comps, _, n = self._seen(text, completions)
+        best = lab.best_pick(lab.utilities(comps), n, self._rng("best", lab, text, completions))
         ranks = [0 if i == best else 1 for i in range(len(completions))]
         return Ranking.from_ranks(
             pid, text, list(completions), ranks, labeler_id=lab.id, metadata={"labeler_group": lab.group}
@@ -197,7 +261,13 @@ class SimulatedPanel:
         """Rank many items, each by ``overlap`` assigned labelers; the gold judge scores them in one batch."""
         self.prefetch(items)
         assigned = self.assign(items, overlap)
-        return [self.rank(p, c, lab) for (p, c), labs in zip(items, assigned, strict=True) for lab in labs]
+        done: dict[str, int] = {}  # items each labeler has ranked so far (its place in its session)
+        out = []
+        for (p, c), labs in zip(items, assigned, strict=True):
+            for lab in labs:
+                out.append(self.rank(p, c, lab, session_position=done.get(lab.id, 0)))
+                done[lab.id] = done.get(lab.id, 0) + 1
+        return out
 
     def prefetch(self, items: Sequence[Item]) -> None:
         """Score every completion of ``items`` in one gold-judge batch so later judgments hit its cache."""
@@ -208,8 +278,10 @@ class SimulatedPanel:
         """Thumbs up if the noisy perceived utility exceeds ``cfg.thumbs_threshold``."""
         pid, text, _ = _fields(prompt)
         lab = self._who(labeler, text, [completion])
-        _, util, n = self._seen(text, [completion])
-        up = lab.thumbs(util[0], n[0], self.cfg.thumbs_threshold, self._rng("thumbs", lab, text, [completion]))
+        comps, _, n = self._seen(text, [completion])
+        up = lab.thumbs(
+            lab.utilities(comps)[0], n[0], self.cfg.thumbs_threshold, self._rng("thumbs", lab, text, [completion])
+        )
         return Thumbs(pid, text, completion, up, lab.id)
 
     def rate(
@@ -222,9 +294,9 @@ class SimulatedPanel:
         """Likert 1-7 plus the metadata flags; a careless labeler answers every question at random."""
         pid, text, category = _fields(prompt)
         lab = self._who(labeler, text, [completion])
-        comps, util, n = self._seen(text, [completion])
+        comps, _, n = self._seen(text, [completion])
         rng = self._rng("rate", lab, text, [completion])
-        likert = lab.likert(util[0], n[0], rng)
+        likert = lab.likert(lab.utilities(comps)[0], n[0], rng)
         if lab.careless:
             flags = {f: bool(b) for f, b in zip(METADATA_FLAGS, rng.random(len(METADATA_FLAGS)) < 0.5, strict=True)}
         else:
@@ -265,8 +337,8 @@ class SimulatedPanel:
         lab = self._who(labeler, text, candidates)
         if len(candidates) == 1:
             return Demonstration(pid, text, candidates[0], lab.id, category)
-        _, util, n = self._seen(text, candidates)
-        best = lab.best_pick(util, n, self._rng("demo", lab, text, candidates))
+        comps, _, n = self._seen(text, candidates)
+        best = lab.best_pick(lab.utilities(comps), n, self._rng("demo", lab, text, candidates))
         return Demonstration(pid, text, candidates[best], lab.id, category)
 
     def write_demonstration(self, prompt: PromptLike) -> Demonstration:

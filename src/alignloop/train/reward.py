@@ -17,11 +17,18 @@ Held-out pairwise accuracy / loss / margin are evaluated every ``eval_every`` st
 epoch end. At the end the reward is normalised so demonstrations score mean 0, and the model is
 saved to ``RUN_DIR/model``. The run folder follows :mod:`alignloop.train.runlog` and resumes
 exactly from :mod:`alignloop.train.checkpoint`.
+
+``rm.batching: shuffled_pairs`` is the alternative the paper warns against, kept so users can
+see the difference themselves (``bench/rm_batching.py``): every untied pair becomes its own
+two-completion element (:func:`expand_pairs`), pairs of all prompts are shuffled together, and a
+step takes as many pairs as the per-prompt steps average, so both modes make the same number of
+steps per epoch over the same comparisons; each completion is then scored K-1 times per epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -91,6 +98,19 @@ def encode_rankings(model: RewardModel, tokenizer: Any, rankings: Sequence[Ranki
     for r in rankings:
         out.append(EncodedRanking(flat[i : i + r.k], r.ranks()))
         i += r.k
+    return out
+
+
+def expand_pairs(data: Sequence[EncodedRanking]) -> list[EncodedRanking]:
+    """``shuffled_pairs`` elements: one per untied ordered pair (winner first, rank 0; loser rank 1)."""
+    out = []
+    for r in data:
+        for w, lo in itertools.combinations(range(len(r.items)), 2):
+            if r.ranks[w] == r.ranks[lo]:
+                continue
+            if r.ranks[lo] < r.ranks[w]:
+                w, lo = lo, w
+            out.append(EncodedRanking([r.items[w], r.items[lo]], [0, 1]))
     return out
 
 
@@ -258,7 +278,12 @@ def train_reward_model(
     train_data = encode_rankings(model, tok, rankings)
     val_data = encode_rankings(model, tok, val)
 
-    steps_per_epoch = math.ceil(len(train_data) / cfg.prompts_per_step)
+    step_size = cfg.prompts_per_step  # elements per optimizer step
+    steps_per_epoch = math.ceil(len(train_data) / step_size)
+    if cfg.batching == "shuffled_pairs":
+        train_data = expand_pairs(train_data)
+        step_size = max(1, math.ceil(len(train_data) / steps_per_epoch))
+        steps_per_epoch = math.ceil(len(train_data) / step_size)
     total = cfg.epochs * steps_per_epoch
     if cfg.distributed.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -303,7 +328,7 @@ def train_reward_model(
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch not in orders:
             orders = {epoch: epoch_order(len(train_data), cfg.seed, epoch)}
-        indices = step_indices(orders[epoch], pos, cfg.prompts_per_step, accelerator.num_processes)
+        indices = step_indices(orders[epoch], pos, step_size, accelerator.num_processes)
         batch = [train_data[i] for i in rank_slice(indices, accelerator.process_index, accelerator.num_processes)]
 
         t0 = time.perf_counter()
