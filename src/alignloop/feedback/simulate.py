@@ -63,7 +63,8 @@ class SimulatedLabelers:
 
         self.url, self.http = url, http
         self.admin = FeedbackClient(url, token, http=http)
-        self.panel = SimulatedPanel(replace(panel_cfg or PanelConfig(), n_labelers=n))
+        cfg = panel_cfg or PanelConfig()
+        self.panel = SimulatedPanel(replace(cfg, n_labelers=n, n_groups=min(cfg.n_groups, n)))
         self.prefix = prefix
         groups = {g["name"] for g in self.admin.groups()}
         for g in sorted({lab.group for lab in self.panel.labelers}):
