@@ -235,6 +235,9 @@ def run_loop(
     if cfg.ranking_source == "service" and client is None:
         client = service_client(cfg)
     run = _Run(cfg, out, state, panel, judge, client, no_wait, log)
+    from alignloop.loop_eval import deciding_judge
+
+    deciding_judge(cfg, client is not None, run.use_gold)  # a judge that does not exist here fails now, not in round 1
     try:
         if cfg.demonstration_round:
             run.round_zero()

@@ -84,7 +84,12 @@ def human_result(client: Any, rec: dict[str, Any], meta: list[dict[str, Any]], n
     from alignloop.loop_service import labeler_groups
 
     meta_by_item = {int(i): m for i, m in zip(rec["item_ids"], meta, strict=True)}
-    labels = client.labels(rec["id"])
+    # Labels arrive in whatever order people work; Elo depends on battle order, so sort them.
+    def order(lb: dict[str, Any]) -> tuple:
+        m = meta_by_item.get(int(lb["item_id"]), {})
+        return (m.get("prompt_id", ""), m.get("sample", 0), lb["labeler"])
+
+    labels = sorted(client.labels(rec["id"]), key=order)
     battles = battles_from_labels(labels, meta_by_item)
     if not battles:
         raise AlignloopError(f"evaluation campaign {rec['id']}: every task was skipped", "push more evaluation items")
