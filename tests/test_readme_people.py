@@ -3,7 +3,7 @@ its admin, groups, a labeler, simulated labelers, screening, the loop with --no-
 --resume until it finishes, `loop status` and the report.
 
 What the test changes, and only that: the database file and the run folder live in a temporary
-folder, the service listens on a free port, and `examples/configs/people.yaml` is loaded and
+folder, the service listens on a free port (``$ALIGNLOOP_FEEDBACK_URL`` says which), and `examples/configs/people.yaml` is loaded and
 shrunk (tiny model, a few prompts, one round) into a temporary copy.
 """
 
@@ -63,7 +63,7 @@ def test_readme_people_path_runs_as_written(tmp_path):
         "examples/screening.jsonl": str(ROOT / "examples/screening.jsonl"),
         "runs/people": str(tmp_path / "people"),
     }
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path), "ALIGNLOOP_FEEDBACK_URL": url}  # --server's default
     server = None
     ran: list[str] = []
 
