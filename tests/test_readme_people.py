@@ -3,8 +3,9 @@ its admin, groups, a labeler, simulated labelers, screening, the loop with --no-
 --resume until it finishes, `loop status` and the report.
 
 What the test changes, and only that: the database file and the run folder live in a temporary
-folder, the service listens on a free port (``$ALIGNLOOP_FEEDBACK_URL`` says which), and `examples/configs/people.yaml` is loaded and
-shrunk (tiny model, a few prompts, one round) into a temporary copy.
+folder, the service listens on a free port (``$ALIGNLOOP_FEEDBACK_URL`` says which), and
+`examples/configs/people.yaml` is loaded and shrunk (tiny model, a few prompts, one round)
+into a temporary copy.
 """
 
 from __future__ import annotations
