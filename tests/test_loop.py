@@ -124,3 +124,38 @@ def test_tiny_demo_through_the_service_and_loop_status_on_its_folder(tmp_path) -
         httpx.get(f"{url}/healthz", timeout=2)  # the demo stopped its service
     status = subprocess.run([*cli, "loop", "status", str(out)], capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "rankings #" in status.stdout and "(human)" in status.stdout, status.stdout
+
+
+def test_loop_gives_up_after_wait_timeout_with_exit_3_and_resumes_without_a_second_push(tmp_path) -> None:
+    """No labeler on the service: the loop pushes its ranking campaign, waits `wait_timeout`
+    seconds with its progress line, exits 3; a resume finds the campaign by name instead of
+    pushing another one."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from alignloop.cli.main import app
+    from alignloop.config import FeedbackConfig
+    from alignloop.feedback.accounts import create_admin
+    from alignloop.feedback.app import create_app
+    from alignloop.feedback.client import FeedbackClient
+    from feedback_fixtures import live_server
+
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    with live_server(create_app(FeedbackConfig(database_url=db))) as url:
+        token = create_admin(db, "root", token=True).token
+        gen = {"max_new_tokens": 4}
+        cfg = {"policy": {"name": "tiny"}, "ranking_source": "service", "feedback_url": url, "n_rm_prompts": 2,
+               "wait_timeout": 0.5, "poll_seconds": 0.1, "ranking_generation": gen}  # fmt: skip
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        out = tmp_path / "run"
+        env = {"ALIGNLOOP_FEEDBACK_TOKEN": token}
+        args = ["loop", str(tmp_path / "c.yaml"), "--out", str(out), "--policy", "tiny"]
+        first = CliRunner().invoke(app, args, env=env)
+        assert first.exit_code == 3, first.output
+        assert re.search(r"round 1: waiting for campaign 1 \(rankings\): 0 of 2 items done \(overlap 1\)", first.output)
+        assert "gave up waiting" in first.output
+        again = CliRunner().invoke(app, ["loop", "--resume", str(out), "--no-wait"], env=env)
+        assert again.exit_code == 0 and "waiting for campaign 1 (rankings)" in again.output, again.output
+        assert [c["name"] for c in FeedbackClient(url, token).campaigns()] == [
+            json.loads((out / "loop.json").read_text())["rounds"][0]["campaigns"]["rankings"]["name"]
+        ]

@@ -168,7 +168,8 @@ class RoundResult:
 
 @dataclass
 class LoopOutcome:
-    """Where a ``run_loop`` call left the run: ``waiting`` (for labels; the line says for what) or ``finished``."""
+    """Where a ``run_loop`` call left the run: ``waiting`` for labels (``--no-wait``; the line says for
+    what), ``timed_out`` (waited ``wait_timeout`` seconds) or ``finished``."""
 
     status: str
     line: str
@@ -253,7 +254,8 @@ def run_loop(
                 state.data["finished"] = True
                 state.save()
     except Waiting as w:
-        return LoopOutcome("waiting", w.line, run.results(), state)
+        status = "timed_out" if w.timed_out else "waiting"
+        return LoopOutcome(status, w.line, run.results(), state)
     results = run.results()
     (out / "rounds.json").write_text(json.dumps([_round_summary(x) for x in results], indent=1))
     return LoopOutcome("finished", f"finished: best policy {state.data['best_policy']}", results, state)

@@ -84,6 +84,7 @@ def human_result(client: Any, rec: dict[str, Any], meta: list[dict[str, Any]], n
     from alignloop.loop_service import labeler_groups
 
     meta_by_item = {int(i): m for i, m in zip(rec["item_ids"], meta, strict=True)}
+
     # Labels arrive in whatever order people work; Elo depends on battle order, so sort them.
     def order(lb: dict[str, Any]) -> tuple:
         m = meta_by_item.get(int(lb["item_id"]), {})

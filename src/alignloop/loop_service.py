@@ -32,9 +32,9 @@ DEMONSTRATION_GUIDELINES = (
 class Waiting(Exception):
     """Raised when labels are not in yet and the process should exit (``--no-wait``, or the wait timed out)."""
 
-    def __init__(self, line: str) -> None:
+    def __init__(self, line: str, timed_out: bool = False) -> None:
         super().__init__(line)
-        self.line = line
+        self.line, self.timed_out = line, timed_out
 
 
 def service_client(cfg: LoopConfig) -> Any:
@@ -134,8 +134,10 @@ def wait_for(
             return
         rnd["waiting"] = line
         state.save()
-        if no_wait or time.monotonic() >= deadline:
+        if no_wait:
             raise Waiting(line)
+        if time.monotonic() >= deadline:
+            raise Waiting(line, timed_out=True)
         if line != last:
             log(line)
             last = line

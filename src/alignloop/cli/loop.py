@@ -26,7 +26,9 @@ def register(app: typer.Typer) -> None:
             None, "--prompts", help="Folder from `alignloop data prepare` (default: the built-in prompts)."
         ),
         demos: Path = typer.Option(None, "--demos", help="SFT demonstrations JSONL, for reward normalisation."),
-        no_wait: bool = typer.Option(False, "--no-wait", help="Exit 0 when the loop must wait for labelers."),
+        no_wait: bool = typer.Option(
+            False, "--no-wait", help="Exit 0 when the loop must wait for labelers (else wait; exit 3 on wait_timeout)."
+        ),
     ) -> None:
         """Run rounds of rankings -> reward model -> PPO -> evaluation until the stop rule; each round in
         OUT/round-N/, the state in OUT/loop.json. Safe to kill and --resume at any time."""
@@ -46,7 +48,11 @@ def register(app: typer.Typer) -> None:
             if config is not None:
                 raise AlignloopError("--resume continues a run with its saved config", "drop the CONFIG argument")
             run_dir = resume
-        outcome = run_loop(run_dir, no_wait=no_wait, log=lambda m: typer.secho(m, fg=typer.colors.CYAN))
+        try:
+            outcome = run_loop(run_dir, no_wait=no_wait, log=lambda m: typer.secho(m, fg=typer.colors.CYAN))
+        except KeyboardInterrupt:  # the state on disk is whole: every write is atomic
+            typer.echo(f"\ninterrupted; continue with: alignloop loop --resume {run_dir}")
+            raise typer.Exit(130) from None
         for r in outcome.rounds:
             w = r.win_rate["win_rates"]["new"]
             typer.echo(
@@ -54,8 +60,11 @@ def register(app: typer.Typer) -> None:
                 f"[{w['ci_low']:.1%}, {w['ci_high']:.1%}] -> {'accepted' if r.accepted else 'rejected'}"
             )
         typer.echo(outcome.line)
-        if outcome.status == "waiting":
+        if outcome.status != "finished":
             typer.echo(f"continue later: alignloop loop --resume {run_dir}" + (" --no-wait" if no_wait else ""))
+        if outcome.status == "timed_out":  # scripts see that the wait ran out (--no-wait exits 0 by design)
+            typer.echo("gave up waiting after wait_timeout seconds; the state is saved")
+            raise typer.Exit(3)
 
 
 def _start(config: Path, out: Path | None, policy: str | None, prompts: Path | None, demos: Path | None) -> Path:
