@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -83,3 +84,78 @@ def test_tiny_demo_runs_the_whole_loop_and_stops_at_threshold(tmp_path) -> None:
     assert "sft" in page and "ppo" in page
     with pytest.raises(AlignloopError, match="already holds a demo run"):
         run_demo(cfg, log=lambda m: None)
+
+
+@pytest.mark.slow
+def test_tiny_demo_through_the_service_and_loop_status_on_its_folder(tmp_path) -> None:
+    """`alignloop demo --service --tiny`: the service on SQLite in the run folder, simulated labelers
+    in a second process, the same report; `loop status` reads the folder; both processes stopped."""
+    import subprocess
+    import sys
+
+    import httpx
+    import yaml
+
+    small = {
+        "n_sft_prompts": 8, "n_rm_prompts": 6, "n_ppo_prompts": 16, "poll_seconds": 0.2,
+        "sft": {"epochs": 1}, "rm": {"epochs": 1},
+        "ppo": {"total_episodes": 16, "batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1,
+                "generation": {"max_new_tokens": 8}},
+        "ranking_generation": {"max_new_tokens": 8},
+        "eval": {"n_prompts": 4, "samples_per_prompt": 2, "bootstrap": 50, "generation": {"max_new_tokens": 8}},
+    }  # fmt: skip
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(small))
+    out = tmp_path / "demo"
+    cli = [sys.executable, "-m", "alignloop.cli.main"]
+    args = ["demo", "--service", "--tiny", "--out", str(out), "--config", str(tmp_path / "small.yaml")]
+    p = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "final policy vs SFT, gold-judge win rate on 4 held-out prompts x 2 samples" in p.stdout
+    assert re.search(r"screening: \d+ of 10 labelers qualified", p.stdout)
+    assert (out / "feedback.db").exists() and (out / "report" / "index.html").exists()
+    assert "Rounds of the loop" in (out / "report" / "index.html").read_text()
+    state = json.loads((out / "loop.json").read_text())
+    r1 = state["rounds"][0]
+    assert state["source"] == "service" and r1["stage"] == "decided" and r1["decision"]["judge"] == "human"
+    assert {"human", "rm", "gold"} <= set(r1["metrics"]["win_rates"])  # gold exists: the labelers are simulated
+    assert set(r1["campaigns"]) == {"rankings", "evaluation"}
+    url = yaml.safe_load((out / "config.yaml").read_text())["feedback_url"]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/healthz", timeout=2)  # the demo stopped its service
+    status = subprocess.run([*cli, "loop", "status", str(out)], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "rankings #" in status.stdout and "(human)" in status.stdout, status.stdout
+
+
+def test_loop_gives_up_after_wait_timeout_with_exit_3_and_resumes_without_a_second_push(tmp_path) -> None:
+    """No labeler on the service: the loop pushes its ranking campaign, waits `wait_timeout`
+    seconds with its progress line, exits 3; a resume finds the campaign by name instead of
+    pushing another one."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from alignloop.cli.main import app
+    from alignloop.config import FeedbackConfig
+    from alignloop.feedback.accounts import create_admin
+    from alignloop.feedback.app import create_app
+    from alignloop.feedback.client import FeedbackClient
+    from feedback_fixtures import live_server
+
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    with live_server(create_app(FeedbackConfig(database_url=db))) as url:
+        token = create_admin(db, "root", token=True).token
+        gen = {"max_new_tokens": 4}
+        cfg = {"policy": {"name": "tiny"}, "ranking_source": "service", "feedback_url": url, "n_rm_prompts": 2,
+               "wait_timeout": 0.5, "poll_seconds": 0.1, "ranking_generation": gen}  # fmt: skip
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        out = tmp_path / "run"
+        env = {"ALIGNLOOP_FEEDBACK_TOKEN": token}
+        args = ["loop", str(tmp_path / "c.yaml"), "--out", str(out), "--policy", "tiny"]
+        first = CliRunner().invoke(app, args, env=env)
+        assert first.exit_code == 3, first.output
+        assert re.search(r"round 1: waiting for campaign 1 \(rankings\): 0 of 2 items done \(overlap 1\)", first.output)
+        assert "gave up waiting" in first.output
+        again = CliRunner().invoke(app, ["loop", "--resume", str(out), "--no-wait"], env=env)
+        assert again.exit_code == 0 and "waiting for campaign 1 (rankings)" in again.output, again.output
+        assert [c["name"] for c in FeedbackClient(url, token).campaigns()] == [
+            json.loads((out / "loop.json").read_text())["rounds"][0]["campaigns"]["rankings"]["name"]
+        ]

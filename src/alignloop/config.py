@@ -351,6 +351,10 @@ class EvalConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
+#: How a round's new policy is accepted, from the deciding judge's win rate against the previous policy.
+ACCEPT_RULES = ("ci_low > 0.5", "rate > 0.5", "always")
+
+
 @dataclass
 class LoopConfig:
     """The whole loop: every stage plus the rounds and their stopping rule."""
@@ -365,7 +369,7 @@ class LoopConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     rounds: int = 1
-    stop_metric: str = "gold_win_rate"  # the new policy's gold win rate against the previous one
+    stop_metric: str = "gold_win_rate"  # the deciding judge's win rate of the new policy against the previous one
     stop_threshold: float | None = None
     k: int = 4  # completions ranked per prompt (the paper used 4..9)
     ranking_generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(temperature=1.0))
@@ -379,8 +383,28 @@ class LoopConfig:
     n_rm_prompts: int = 64
     n_ppo_prompts: int = 256
     eval_seed: int = 12345
+    # The loop as a persisted state machine (OUT/loop.json), with people on the feedback service.
+    reference: str = "sft"  # KL reference of every round's PPO: "sft" (pi_SFT, as the paper) | "previous"
+    judge: str = "auto"  # who decides: auto (labelers with the service, gold with the panel) | human | rm | gold
+    accept_rule: str = "ci_low > 0.5"  # "ci_low > 0.5" (95 % interval above 0.5) | "rate > 0.5" | "always"
+    gold_judge: bool | None = None  # also judge by the hidden gold utility; null = only with the simulated panel
+    wait_timeout: float = 3600.0  # seconds one process waits for labels before it exits (resume continues)
+    poll_seconds: float = 5.0  # between progress checks of a campaign
+    demonstration_round: bool = False  # round 0: demonstrations (panel or a service campaign) -> SFT
+    screened_only: bool = False  # service campaigns go only to labelers who passed screening
+    eval_overlap: int = 1  # labelers per evaluation item on the service
+    feedback_token_env: str = "ALIGNLOOP_FEEDBACK_TOKEN"  # environment variable holding an admin API token
 
     def validate(self) -> None:
+        if self.reference not in ("sft", "previous"):
+            raise ValueError(f"reference: must be sft or previous, got {self.reference!r}")
+        if self.judge not in ("auto", "human", "rm", "gold"):
+            raise ValueError(f"judge: must be auto, human, rm or gold, got {self.judge!r}")
+        if self.accept_rule not in ACCEPT_RULES:
+            rules = ", ".join(map(repr, ACCEPT_RULES))
+            raise ValueError(f"accept_rule: must be one of {rules}, got {self.accept_rule!r}")
+        if self.wait_timeout < 0 or self.poll_seconds <= 0:
+            raise ValueError("wait_timeout: must be >= 0 and poll_seconds > 0")
         if not 2 <= self.k <= 9:
             raise ValueError(f"k: must be between 2 and 9, got {self.k}")
         if self.rounds < 1:

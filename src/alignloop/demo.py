@@ -117,12 +117,15 @@ def demonstrations(cfg: LoopConfig, panel: Any, prompts: list[Prompt]) -> list[D
     return [panel.demonstrate(p, c) for p, c in zip(prompts, cands, strict=True)]
 
 
-def run_demo(cfg: LoopConfig, log=print) -> DemoResult:
-    """Run the whole loop once with the simulated panel and write the report; see the module docstring."""
+def run_demo(cfg: LoopConfig, log=print, client: Any = None) -> DemoResult:
+    """Run the whole loop once with the simulated panel and write the report; see the module docstring.
+
+    ``client``: an admin client of a feedback service whose labelers rank instead of the in-process
+    panel (``alignloop demo --service``); the gold judge still evaluates (the labelers are simulated)."""
     from alignloop.config import PanelConfig
     from alignloop.evaluate.results import write_result
     from alignloop.labelers import GoldJudge, SimulatedPanel
-    from alignloop.loop import gold_win_rate, ranking_source, run_loop
+    from alignloop.loop import LoopInputs, gold_win_rate, run_loop, start_loop
     from alignloop.train.sft import best_policy_dir, train_sft
 
     out = Path(cfg.out_dir)
@@ -156,11 +159,13 @@ def run_demo(cfg: LoopConfig, log=print) -> DemoResult:
     secs["sft"] = time.perf_counter() - t0
     log(f"SFT done in {secs['sft']:.0f} s: {sft_dir}")
 
-    # 4-6. Rounds of rankings -> RM -> PPO -> evaluation against the previous policy.
+    # 4-6. Rounds of rankings -> RM -> PPO -> evaluation against the previous policy (OUT/loop.json).
     t0 = time.perf_counter()
-    rounds = run_loop(
-        cfg, str(sft_dir), sets["rm"], sets["ppo"], sets["eval"], ranking_source(cfg, panel), judge, demos, out, log
-    )
+    start_loop(cfg, out, LoopInputs(str(sft_dir), sets["rm"], sets["ppo"], sets["eval"], demos))
+    outcome = run_loop(out, panel=panel, client=client, log=log)
+    if outcome.status != "finished":
+        raise AlignloopError(f"the demo's loop stopped: {outcome.line}", f"continue with alignloop loop --resume {out}")
+    rounds = outcome.rounds
     secs["rounds"] = time.perf_counter() - t0
     final = next((r.policy_dir for r in reversed(rounds) if r.accepted), rounds[-1].policy_dir)
 
@@ -168,7 +173,7 @@ def run_demo(cfg: LoopConfig, log=print) -> DemoResult:
     #    there is one round).
     t0 = time.perf_counter()
     if len(rounds) == 1:
-        wr = rounds[0].win_rate
+        wr = rounds[0].judges["gold"]
         names = {"sft": str(sft_dir), "ppo": str(final)}
         wr = _rename(wr, {"previous": "sft", "new": "ppo"})
     else:

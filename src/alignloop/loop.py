@@ -1,17 +1,21 @@
-"""Iterated rounds of the InstructGPT loop, and the end-to-end demo.
+"""Iterated rounds of the InstructGPT loop as a resumable state machine (SPEC sections 1 and 10).
 
-One round (paper section 1 steps 4-7)::
+One round (paper section 1 steps 4-7), each step a stage recorded in ``OUT/loop.json``
+(:mod:`alignloop.loop_state`)::
 
-    1. sample K completions from the current best policy on fresh RM prompts
-    2. collect rankings of them (simulated panel, or people through the feedback service)
-    3. train a new reward model on the rankings; normalise it on SFT demonstrations
-    4. run PPO from the current policy against that reward model
-    5. evaluate the new policy against the previous one on held-out prompts (gold judge)
-    6. keep the better policy; stop at the metric threshold or the round limit
+    1. sample        K completions from the current best policy on fresh RM prompts
+    2. collect       rankings of them: the simulated panel at once, or a campaign on the feedback
+                     service that people label over hours or days (the process may exit meanwhile)
+    3. reward_model  a new reward model on the rankings, normalised on SFT demonstrations; its
+                     accuracy on the held-out labeler group's rankings too
+    4. rl            PPO from the current policy against it, KL penalty to the SFT policy
+    5. evaluate      new vs previous policy on held-out prompts (:mod:`alignloop.loop_eval`)
+    6. decided       the accept rule's verdict; the next round starts from the best policy
 
-Each round's artifacts sit in ``OUT/round-N/`` (``samples.jsonl``, ``rankings.jsonl``,
-``rm/``, ``ppo/``, ``eval/``). The demo adds the steps before the first round (prompts ->
-demonstrations -> SFT) and the report after the last.
+Round 0 (``demonstration_round``) collects demonstrations and trains SFT first. Each round's
+artifacts sit in ``OUT/round-N/`` (``samples.jsonl``, ``rankings.jsonl``, ``rm/``, ``ppo/``,
+``eval/``); SFT, RM and PPO resume from their checkpoints, so a killed process loses at most
+the work since the last checkpoint and never pushes a campaign twice.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from alignloop.config import GenerationConfig, LoopConfig, dump_config
 from alignloop.data.jsonl import write_jsonl
 from alignloop.data.records import Demonstration, Prompt, Ranking
 from alignloop.errors import AlignloopError
+from alignloop.loop_state import LoopState
 
 
 class RankingSource(Protocol):
@@ -146,7 +151,7 @@ def gold_win_rate(
 
 @dataclass
 class RoundResult:
-    """What one round produced, and whether its policy beat the previous one."""
+    """What one finished round produced, and whether its policy beat the previous one."""
 
     index: int
     dir: Path
@@ -154,150 +159,106 @@ class RoundResult:
     ppo_dir: Path
     policy_dir: Path
     previous_policy: str
-    win_rate: dict[str, Any] = field(default_factory=dict)
+    win_rate: dict[str, Any] = field(default_factory=dict)  # the deciding judge's result
     rm_val_accuracy: float | None = None
     accepted: bool = True
     seconds: dict[str, float] = field(default_factory=dict)
+    judges: dict[str, Any] = field(default_factory=dict)  # every judge's result, by judge name
 
 
-def run_round(
-    cfg: LoopConfig,
-    index: int,
-    policy: str,
-    rm_prompts: Sequence[Prompt],
-    ppo_prompts: Sequence[Prompt],
-    eval_prompts: Sequence[Prompt],
-    source: RankingSource,
-    judge: Any,
-    demos: Sequence[Demonstration],
-    out: Path,
-    log: Callable[[str], None] = print,
-) -> RoundResult:
-    """One round of rankings -> reward model -> PPO -> evaluation against ``policy``."""
-    from alignloop.models.reward import load_scorer
-    from alignloop.train.ppo import train_ppo
-    from alignloop.train.reward import train_reward_model
+@dataclass
+class LoopOutcome:
+    """Where a ``run_loop`` call left the run: ``waiting`` for labels (``--no-wait``; the line says for
+    what), ``timed_out`` (waited ``wait_timeout`` seconds) or ``finished``."""
 
-    rdir = out / f"round-{index}"
-    rdir.mkdir(parents=True, exist_ok=True)
-    secs: dict[str, float] = {}
-    seed = cfg.ppo.seed + 1000 * index
+    status: str
+    line: str
+    rounds: list[RoundResult]
+    state: LoopState
 
-    # 1. K completions per fresh RM prompt from the current policy.
-    t0 = time.perf_counter()
-    log(f"round {index}: sampling {cfg.k} completions for {len(rm_prompts)} prompts from {policy}")
-    comps = sample_completions(
-        policy, [p.text for p in rm_prompts], cfg.k, cfg.ranking_generation, seed, cfg.policy.dtype, "sampling"
-    )
-    write_jsonl(
-        rdir / "samples.jsonl",
-        [{"prompt_id": p.id, "prompt": p.text, "completions": c} for p, c in zip(rm_prompts, comps, strict=True)],
-    )
-    secs["sample"] = time.perf_counter() - t0
 
-    # 2. Rankings from the panel or the feedback service (same interface).
-    t0 = time.perf_counter()
-    rankings = source.collect_rankings(list(rm_prompts), comps)
-    write_jsonl(rdir / "rankings.jsonl", rankings)
-    secs["rank"] = time.perf_counter() - t0
-    log(f"round {index}: {len(rankings)} rankings collected")
+@dataclass
+class LoopInputs:
+    """What a new run starts from; saved in the run folder so ``--resume OUT`` needs nothing else."""
 
-    # 3. A new reward model, normalised so the SFT demonstrations score mean 0.
-    t0 = time.perf_counter()
-    rm = train_reward_model(cfg.rm, rankings, rdir / "rm", demos=list(demos), progress=True)
-    secs["rm"] = time.perf_counter() - t0
-    acc = rm.val.get("val/accuracy")
-    log(f"round {index}: reward model held-out accuracy {acc if acc is None else f'{acc:.3f}'}")
+    sft_policy: str | None  # None: round 0 (demonstrations -> SFT) makes it
+    rm_prompts: list[Prompt]
+    ppo_prompts: list[Prompt]
+    eval_prompts: list[Prompt]
+    demos: list[Demonstration] = field(default_factory=list)
+    sft_prompts: list[Prompt] = field(default_factory=list)
+    sft_val_prompts: list[Prompt] = field(default_factory=list)
 
-    # 4. PPO from the current policy against the new reward model.
-    t0 = time.perf_counter()
-    scorer = load_scorer(str(rm.model_dir))
-    ppo_cfg = replace(cfg.ppo, seed=seed)
-    result = train_ppo(
-        ppo_cfg, policy, scorer, [p.text for p in ppo_prompts], rdir / "ppo", extra_scorers={"gold": judge}
-    )
-    secs["ppo"] = time.perf_counter() - t0
-    if result.policy_dir is None:
-        raise AlignloopError(f"round {index}: PPO saved no policy", "see the PPO log in the round folder")
 
-    # 5. The new policy against the previous one, by the gold judge, on held-out prompts.
-    t0 = time.perf_counter()
-    wr = gold_win_rate(
-        {"previous": policy, "new": str(result.policy_dir)},
-        "previous",
-        eval_prompts,
-        judge,
-        cfg.eval.samples_per_prompt,
-        cfg.eval.generation,
-        seed=cfg.eval_seed,
-        n_bootstrap=cfg.eval.bootstrap,
-        dtype=cfg.policy.dtype,
-    )
-    secs["eval"] = time.perf_counter() - t0
-    from alignloop.evaluate.results import write_result
+PROMPT_SETS = ("rm", "ppo", "eval", "sft", "sft_val")
 
-    write_result(
-        rdir / "eval",
-        "winrate",
-        {
-            "baseline": "previous",
-            "policies": {"previous": policy, "new": str(result.policy_dir)},
-            "n_prompts": wr["n_prompts"],
-            "samples_per_prompt": wr["samples_per_prompt"],
-            "judges": {"gold": wr},
-        },
-    )
-    rate = wr["win_rates"]["new"]
-    log(
-        f"round {index}: new policy vs previous, gold win rate {rate['rate']:.3f} "
-        f"[{rate['ci_low']:.3f}, {rate['ci_high']:.3f}]"
-    )
-    return RoundResult(
-        index,
-        rdir,
-        rm.model_dir,
-        rdir / "ppo",
-        Path(result.policy_dir),
-        policy,
-        wr,
-        acc,
-        accepted=rate["rate"] > 0.5,
-        seconds=secs,
-    )
+
+def start_loop(cfg: LoopConfig, out: str | Path, inputs: LoopInputs) -> LoopState:
+    """Create a run folder: the resolved config, the prompt sets, the demonstrations and ``loop.json``."""
+    out = Path(out)
+    if LoopState.exists(out):
+        raise AlignloopError(f"{out} already holds a loop run", "continue it with `alignloop loop --resume OUT`")
+    if inputs.sft_policy is None and not cfg.demonstration_round:
+        raise AlignloopError("no starting policy", "pass --policy SFT_FOLDER, or set demonstration_round: true")
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    sets = dict(zip(PROMPT_SETS, (inputs.rm_prompts, inputs.ppo_prompts, inputs.eval_prompts,
+                                  inputs.sft_prompts, inputs.sft_val_prompts), strict=True))  # fmt: skip
+    for name, prompts in sets.items():
+        write_jsonl(out / "prompts" / f"{name}.jsonl", prompts)
+    write_jsonl(out / "demonstrations.jsonl", inputs.demos)
+    return LoopState.create(out, sft_policy=inputs.sft_policy, best_policy=inputs.sft_policy, source=cfg.ranking_source)
 
 
 def run_loop(
-    cfg: LoopConfig,
-    policy: str,
-    rm_prompts: Sequence[Prompt],
-    ppo_prompts: Sequence[Prompt],
-    eval_prompts: Sequence[Prompt],
-    source: RankingSource,
-    judge: Any,
-    demos: Sequence[Demonstration],
     out: str | Path,
+    *,
+    no_wait: bool = False,
+    panel: Any = None,
+    client: Any = None,
     log: Callable[[str], None] = print,
-) -> list[RoundResult]:
-    """Rounds until ``cfg.rounds`` or until the new policy's gold win rate against the previous
-    one reaches ``cfg.stop_threshold``. RM prompts are split into fresh, disjoint chunks per round."""
+) -> LoopOutcome:
+    """Continue the run in ``out`` from its state until it must wait for people or is finished.
+
+    Safe to call again at any time (after Ctrl-C, SIGKILL or a reboot): every stage either finds
+    its result in the state or redoes / resumes its work without side effects on the service.
+    ``panel``: the simulated panel (default: from the config); ``client``: a feedback service
+    client (default: from the config, when ``ranking_source`` is ``service``)."""
+    from alignloop.config import load_config
+    from alignloop.labelers import GoldJudge, SimulatedPanel
+    from alignloop.loop_service import Waiting, service_client
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    per_round = max(1, len(rm_prompts) // cfg.rounds)
-    results: list[RoundResult] = []
-    best = policy
-    for i in range(1, cfg.rounds + 1):
-        chunk = rm_prompts[(i - 1) * per_round : i * per_round] or rm_prompts[-per_round:]
-        r = run_round(cfg, i, best, chunk, ppo_prompts, eval_prompts, source, judge, demos, out, log)
-        results.append(r)
-        if r.accepted:
-            best = str(r.policy_dir)
-        (out / "rounds.json").write_text(json.dumps([_round_summary(x) for x in results], indent=1))
-        rate = r.win_rate["win_rates"]["new"]["rate"]
-        if cfg.stop_threshold is not None and rate >= cfg.stop_threshold:
-            log(f"stopping after round {i}: gold win rate {rate:.3f} >= threshold {cfg.stop_threshold}")
-            break
-    return results
+    state = LoopState.load(out)
+    cfg = load_config(out / "config.yaml", LoopConfig)
+    judge = panel.judge if panel is not None else GoldJudge()
+    panel = panel or SimulatedPanel(cfg.panel, judge)
+    if cfg.ranking_source == "service" and client is None:
+        client = service_client(cfg)
+    run = _Run(cfg, out, state, panel, judge, client, no_wait, log)
+    from alignloop.loop_eval import deciding_judge
+
+    deciding_judge(cfg, client is not None, run.use_gold)  # a judge that does not exist here fails now, not in round 1
+    try:
+        if cfg.demonstration_round:
+            run.round_zero()
+        for i in range(1, cfg.rounds + 1):
+            if state.data["finished"]:
+                break
+            rnd = state.start_round(i, state.data["best_policy"])
+            run.round(rnd)
+            rate = rnd["decision"]["rate"]
+            if (cfg.stop_threshold is not None and rate >= cfg.stop_threshold) or i == cfg.rounds:
+                if cfg.stop_threshold is not None and rate >= cfg.stop_threshold and i < cfg.rounds:
+                    log(f"stopping after round {i}: win rate {rate:.3f} >= threshold {cfg.stop_threshold}")
+                state.data["finished"] = True
+                state.save()
+    except Waiting as w:
+        status = "timed_out" if w.timed_out else "waiting"
+        return LoopOutcome(status, w.line, run.results(), state)
+    results = run.results()
+    (out / "rounds.json").write_text(json.dumps([_round_summary(x) for x in results], indent=1))
+    return LoopOutcome("finished", f"finished: best policy {state.data['best_policy']}", results, state)
 
 
 def _round_summary(r: RoundResult) -> dict[str, Any]:
@@ -308,8 +269,223 @@ def _round_summary(r: RoundResult) -> dict[str, Any]:
         "previous": r.previous_policy,
         "accepted": r.accepted,
         "rm_val_accuracy": r.rm_val_accuracy,
-        "gold_win_rate": rate.get("rate"),
+        "judge": r.win_rate.get("judge"),
+        "win_rate": rate.get("rate"),
+        "gold_win_rate": rate.get("rate") if r.win_rate.get("judge") == "gold" else None,
         "ci_low": rate.get("ci_low"),
         "ci_high": rate.get("ci_high"),
         "seconds": r.seconds,
     }
+
+
+class _Run:
+    """One process's pass over the run's state; each method is one stage and may be re-entered."""
+
+    def __init__(self, cfg, out, state, panel, judge, client, no_wait, log) -> None:
+        self.cfg, self.out, self.state, self.panel, self.judge = cfg, out, state, panel, judge
+        self.client, self.no_wait, self.log = client, no_wait, log
+        self.use_gold = cfg.gold_judge if cfg.gold_judge is not None else cfg.ranking_source == "panel"
+
+    def prompts(self, name: str) -> list[Prompt]:
+        from alignloop.data.jsonl import read_jsonl
+
+        return read_jsonl(self.out / "prompts" / f"{name}.jsonl", Prompt)
+
+    def demos(self) -> list[Demonstration]:
+        from alignloop.data.jsonl import read_jsonl
+
+        path = self.out / "demonstrations.jsonl"
+        return read_jsonl(path, Demonstration) if path.exists() and path.stat().st_size else []
+
+    def results(self) -> list[RoundResult]:
+        out = []
+        for r in self.state.rounds:
+            if r["index"] == 0 or r["stage"] != "decided":
+                continue
+            rdir = self.out / f"round-{r['index']}"
+            d = r["decision"]
+            out.append(
+                RoundResult(
+                    r["index"],
+                    rdir,
+                    rdir / "rm" / "model",
+                    rdir / "ppo",
+                    Path(r["artifacts"]["policy"]),
+                    r["policy"],
+                    r["metrics"]["judges"][d["judge"]],
+                    r["metrics"].get("rm_accuracy"),
+                    d["accepted"],
+                    r.get("seconds", {}),
+                    r["metrics"]["judges"],
+                )  # fmt: skip
+            )
+        return out
+
+    def _timed(self, rnd: dict[str, Any], name: str, t0: float) -> None:
+        rnd.setdefault("seconds", {})[name] = round(rnd.get("seconds", {}).get(name, 0.0) + time.perf_counter() - t0, 1)
+
+    # -- round 0: demonstrations -> SFT ------------------------------------------------------------------
+    def round_zero(self) -> None:
+        from alignloop.train.sft import best_policy_dir, train_sft
+
+        state, cfg = self.state, self.cfg
+        rnd = state.start_round(0, cfg.policy.name)
+        if rnd["stage"] == "collect":
+            sft_p, val_p = self.prompts("sft"), self.prompts("sft_val")
+            if self.client is None:
+                demos = [self.panel.write_demonstration(p) for p in sft_p + val_p]
+            else:
+                from alignloop.loop_service import DEMONSTRATION_GUIDELINES, push_campaign, wait_for
+
+                items = [{"prompt_id": p.id, "prompt": p.text, "category": p.category, "user_id": p.user_id}
+                         for p in sft_p + val_p]  # fmt: skip
+                push_campaign(self.client, state, rnd, "demonstrations", "demonstration", DEMONSTRATION_GUIDELINES,
+                              items, cfg.overlap, cfg.screened_only)  # fmt: skip
+                wait_for(self.client, state, rnd, "demonstrations", cfg, self.no_wait, self.log)
+                cid = rnd["campaigns"]["demonstrations"]["id"]
+                demos = sorted(self.client.export_records("sft", [cid]), key=lambda d: (d.prompt_id, d.labeler_id))
+            val_ids = {p.id for p in val_p}
+            write_jsonl(self.out / "round-0" / "demonstrations.jsonl", [d for d in demos if d.prompt_id not in val_ids])
+            write_jsonl(self.out / "round-0" / "val_demonstrations.jsonl", [d for d in demos if d.prompt_id in val_ids])
+            rnd["metrics"]["demonstrations"] = len(demos)
+            state.advance(rnd, "sft")
+        if rnd["stage"] == "sft":
+            from alignloop.data.jsonl import read_jsonl
+            from alignloop.train.checkpoint import latest_checkpoint
+            from alignloop.train.sft import FINISHED
+
+            t0 = time.perf_counter()
+            rdir = self.out / "round-0"
+            demos = read_jsonl(rdir / "demonstrations.jsonl", Demonstration)
+            val = read_jsonl(rdir / "val_demonstrations.jsonl", Demonstration)
+            run_dir = self.out / "sft"
+            resume = latest_checkpoint(run_dir) is not None or (run_dir / FINISHED).exists()
+            self.log(f"round 0: SFT on {len(demos)} demonstrations" + (" (resumed)" if resume else ""))
+            train_sft(replace(cfg.sft, model=cfg.policy), demos, val or None, run_dir, resume=resume)
+            sft_dir = str(best_policy_dir(run_dir))
+            write_jsonl(self.out / "demonstrations.jsonl", demos)  # the RM's normalisation set from now on
+            rnd["artifacts"]["policy"] = sft_dir
+            state.data["sft_policy"] = state.data["best_policy"] = sft_dir
+            self._timed(rnd, "sft", t0)
+            state.advance(rnd, "decided")
+
+    # -- rounds 1..N -------------------------------------------------------------------------------------
+    def round(self, rnd: dict[str, Any]) -> None:
+        steps = {"sample": self.sample, "collect": self.collect, "reward_model": self.reward_model,
+                 "rl": self.rl, "evaluate": self.evaluate}  # fmt: skip
+        while rnd["stage"] != "decided":
+            t0 = time.perf_counter()
+            stage = rnd["stage"]
+            nxt = steps[stage](rnd)
+            self._timed(rnd, stage, t0)
+            self.state.advance(rnd, nxt)
+
+    def rdir(self, rnd: dict[str, Any]) -> Path:
+        return self.out / f"round-{rnd['index']}"
+
+    def seed(self, rnd: dict[str, Any]) -> int:
+        return self.cfg.ppo.seed + 1000 * rnd["index"]
+
+    def rm_prompts(self, rnd: dict[str, Any]) -> list[Prompt]:
+        """Round i's fresh, disjoint chunk of the RM prompts."""
+        rm = self.prompts("rm")
+        per_round = max(1, len(rm) // self.cfg.rounds)
+        i = rnd["index"]
+        return rm[(i - 1) * per_round : i * per_round] or rm[-per_round:]
+
+    def sample(self, rnd: dict[str, Any]) -> str:
+        prompts, cfg = self.rm_prompts(rnd), self.cfg
+        self.log(f"round {rnd['index']}: sampling {cfg.k} completions for {len(prompts)} prompts from {rnd['policy']}")
+        comps = sample_completions(rnd["policy"], [p.text for p in prompts], cfg.k, cfg.ranking_generation,
+                                   self.seed(rnd), cfg.policy.dtype, "sampling")  # fmt: skip
+        rows = [{"prompt_id": p.id, "prompt": p.text, "completions": c} for p, c in zip(prompts, comps, strict=True)]
+        write_jsonl(self.rdir(rnd) / "samples.jsonl", rows)
+        return "collect"
+
+    def collect(self, rnd: dict[str, Any]) -> str:
+        from alignloop.data.jsonl import iter_json_lines
+
+        rdir, cfg = self.rdir(rnd), self.cfg
+        rows = [row for _, row in iter_json_lines(rdir / "samples.jsonl")]
+        by_id = {p.id: p for p in self.rm_prompts(rnd)}
+        prompts = [by_id[row["prompt_id"]] for row in rows]
+        comps = [row["completions"] for row in rows]
+        held: list[Ranking] = []
+        if self.client is None:
+            rankings = PanelRankingSource(self.panel, cfg.overlap).collect_rankings(prompts, comps)
+        else:
+            from alignloop.loop_service import RANKING_GUIDELINES, push_campaign, wait_for
+
+            items = [{"prompt_id": p.id, "prompt": p.text, "completions": c, "category": p.category,
+                      "user_id": p.user_id} for p, c in zip(prompts, comps, strict=True)]  # fmt: skip
+            push_campaign(self.client, self.state, rnd, "rankings", "ranking", RANKING_GUIDELINES, items,
+                          cfg.overlap, cfg.screened_only)  # fmt: skip
+            wait_for(self.client, self.state, rnd, "rankings", cfg, self.no_wait, self.log)
+            cid = rnd["campaigns"]["rankings"]["id"]
+            order = lambda r: (r.prompt_id, r.labeler_id)  # noqa: E731 - labels arrive in any order; training must not
+            rankings = sorted(self.client.export_records("rm", [cid]), key=order)
+            held = sorted(self.client.export_records("rm", [cid], held_out="only"), key=order)
+        if not rankings:
+            raise AlignloopError(f"round {rnd['index']}: no training rankings", "are all labelers in held-out groups?")
+        write_jsonl(rdir / "rankings.jsonl", rankings)
+        write_jsonl(rdir / "rankings_held_out_group.jsonl", held)
+        rnd["metrics"]["rankings"] = len(rankings)
+        rnd["metrics"]["rankings_held_out_group"] = len(held)
+        self.log(f"round {rnd['index']}: {len(rankings)} rankings collected (+{len(held)} from held-out labelers)")
+        return "reward_model"
+
+    def reward_model(self, rnd: dict[str, Any]) -> str:
+        import shutil
+
+        from alignloop.data.jsonl import read_jsonl
+        from alignloop.train.checkpoint import latest_checkpoint
+        from alignloop.train.reward import evaluate_reward_model, train_reward_model
+
+        rdir = self.rdir(rnd)
+        rm_dir = rdir / "rm"
+        resume = latest_checkpoint(rm_dir) is not None
+        if not resume and rm_dir.exists():  # killed before its first checkpoint (or before the state was saved)
+            shutil.rmtree(rm_dir)
+        rankings = read_jsonl(rdir / "rankings.jsonl", Ranking)
+        rm = train_reward_model(self.cfg.rm, rankings, rm_dir, demos=self.demos() or None, resume=resume)
+        rnd["metrics"]["rm_accuracy"] = rm.val.get("val/accuracy")
+        held = read_jsonl(rdir / "rankings_held_out_group.jsonl", Ranking)
+        if held:
+            rnd["metrics"]["rm_accuracy_held_out_group"] = evaluate_reward_model(rm.model_dir, held)["eval/accuracy"]
+        rnd["artifacts"]["reward_model"] = str(rm.model_dir)
+        acc = rnd["metrics"]["rm_accuracy"]
+        self.log(f"round {rnd['index']}: reward model held-out accuracy {acc if acc is None else f'{acc:.3f}'}")
+        return "rl"
+
+    def reference(self, rnd: dict[str, Any]) -> str | None:
+        """The KL reference of this round's PPO, when it is not the starting policy itself."""
+        sft = self.state.data["sft_policy"]
+        return sft if self.cfg.reference == "sft" and rnd["policy"] != sft else None
+
+    def rl(self, rnd: dict[str, Any]) -> str:
+        import json as _json
+
+        from alignloop.models.reward import load_scorer
+        from alignloop.train.ppo import train_ppo
+
+        ppo_dir = self.rdir(rnd) / "ppo"
+        scorer = load_scorer(rnd["artifacts"]["reward_model"])
+        extra = {"gold": self.judge} if self.use_gold else {}
+        texts = [p.text for p in self.prompts("ppo")][: self.cfg.n_ppo_prompts]
+        self.log(f"round {rnd['index']}: PPO from {rnd['policy']}, KL reference {self.reference(rnd) or rnd['policy']}")
+        result = train_ppo(replace(self.cfg.ppo, seed=self.seed(rnd)), rnd["policy"], scorer, texts, ppo_dir,
+                           extra_scorers=extra, resume=True, reference=self.reference(rnd))  # fmt: skip
+        if result.policy_dir is None:
+            raise AlignloopError(f"round {rnd['index']}: PPO saved no policy", "see the PPO log in the round folder")
+        rows = [_json.loads(ln) for ln in (ppo_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        last = rows[-1] if rows else {}
+        key = "kl_to_sft" if self.cfg.reference == "sft" or rnd["policy"] == self.state.data["sft_policy"] else "kl"
+        rnd["metrics"][key] = last.get("kl")
+        rnd["artifacts"]["policy"] = str(result.policy_dir)
+        return "evaluate"
+
+    def evaluate(self, rnd: dict[str, Any]) -> str:
+        from alignloop.loop_eval import evaluate_round
+
+        evaluate_round(self, rnd)
+        return "decided"

@@ -15,6 +15,9 @@ def register(app: typer.Typer) -> None:
         tiny: bool = typer.Option(False, "--tiny", help="The same path on the tiny random model (about a minute)."),
         config: Path = typer.Option(None, "--config", help="YAML overriding the demo defaults (LoopConfig keys)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run folder first."),
+        service: bool = typer.Option(
+            False, "--service", help="Through the real feedback service (SQLite in the run folder), labeled over HTTP."
+        ),
     ) -> None:
         """Run prompts -> demonstrations -> SFT -> rankings -> RM -> PPO -> evaluation and write a report.
 
@@ -33,7 +36,14 @@ def register(app: typer.Typer) -> None:
             cfg.out_dir = str(out)
         if overwrite and Path(cfg.out_dir).exists():
             shutil.rmtree(cfg.out_dir)
-        result = run_demo(cfg, log=lambda m: typer.secho(m, fg=typer.colors.CYAN))
+        log = lambda m: typer.secho(m, fg=typer.colors.CYAN)  # noqa: E731
+        if service:
+            from alignloop.demo_service import demo_service
+
+            with demo_service(Path(cfg.out_dir), cfg, log) as (client, loop_cfg):
+                result = run_demo(loop_cfg, log=log, client=client)
+        else:
+            result = run_demo(cfg, log=log)
         rate = result.win_rate["win_rates"]["ppo"]
         typer.secho(
             f"\nfinal policy vs SFT, gold-judge win rate on {rate['n_prompts']} held-out prompts "

@@ -291,4 +291,30 @@ def register(app: typer.Typer) -> None:
         rows = _client(server, token).export(dataset, fmt, list(campaigns or []), held_out)
         typer.echo(f"wrote {write_jsonl(out, rows)} {dataset} rows to {out}")
 
+    @group.command("simulate")
+    def simulate_cmd(
+        url: str = typer.Option(..., "--url", help="The service's base URL."),
+        token: str = TOKEN,
+        labelers: int = typer.Option(10, "--labelers", min=1, help="How many simulated labelers."),
+        until_idle: bool = typer.Option(False, "--until-idle", help="Stop once no task is offered."),
+        config: Path = typer.Option(None, "--config", help="YAML with a panel section (noise, biases, seed)."),
+        held_out_group: int = typer.Option(
+            None, "--held-out-group", help="This panel group's labelers form a held-out group (no training data)."
+        ),
+        prefix: str = typer.Option("sim-", "--prefix", help="Account name prefix."),
+        poll: float = typer.Option(1.0, "--poll", help="Seconds between checks for new tasks."),
+    ) -> None:
+        """The simulated panel as N labelers over HTTP: accounts, screening, every form offered."""
+        from alignloop.config import LoopConfig, PanelConfig, load_config
+        from alignloop.feedback.simulate import SimulatedLabelers
+
+        if not token:
+            raise AlignloopError("no admin token", "pass --token or set ALIGNLOOP_FEEDBACK_TOKEN")
+        panel_cfg = load_config(config, LoopConfig).panel if config else PanelConfig()
+        sim = SimulatedLabelers(url, token, labelers, panel_cfg, prefix, held_out_group)
+        careless = sum(lab.careless for lab in sim.panel.labelers)
+        typer.echo(f"{labelers} simulated labelers on {url} ({careless} careless); labeling")
+        total = sim.run(until_idle=until_idle, poll=poll, log=typer.echo)
+        typer.echo(f"done: {total} tasks answered")
+
     app.add_typer(group, name="feedback")

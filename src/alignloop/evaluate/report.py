@@ -603,6 +603,44 @@ def _training_section(ppo_runs: list[Path], plot: Plotter) -> Section:
     return sec
 
 
+def _rounds_section(run: Path) -> Section | None:
+    """The loop's rounds from ``loop.json``: RM accuracy (training and held-out labeler groups),
+    each judge's win rate of the new policy against the previous one, KL to SFT, the decision."""
+    path = run / "loop.json"
+    if not path.exists():
+        return None
+    import json
+
+    rounds = [r for r in json.loads(path.read_text(encoding="utf-8")).get("rounds", []) if r["index"] > 0]
+    if not rounds:
+        return None
+    sec = Section(
+        "rounds",
+        "Rounds of the loop",
+        "Per round: the reward model's pairwise accuracy on held-out comparisons of the training labelers and on "
+        "the held-out labeler group's rankings; the win rate of the round's new policy against the policy it "
+        "started from, by each judge, with 95 % bootstrap intervals (human: the labelers of the service, split "
+        "into training and held-out groups; rm: the round's reward model, the proxy PPO optimised; gold: the "
+        "simulated panel's hidden utility); the KL to the SFT policy at the end of PPO; the accept rule's verdict.",
+    )
+    judges = sorted({j for r in rounds for j in r.get("metrics", {}).get("win_rates", {})})
+    rows = []
+    for r in rounds:
+        m, d = r.get("metrics", {}), r.get("decision")
+        wins = m.get("win_rates", {})
+        cells = [
+            "-" if j not in wins else f"{_pct(wins[j]['rate'])} [{_pct(wins[j]['ci_low'])}, {_pct(wins[j]['ci_high'])}]"
+            for j in judges
+        ]
+        verdict = "-" if d is None else f"{'accepted' if d['accepted'] else 'rejected'} ({d['judge']}, {d['rule']})"
+        rows.append(
+            [r["index"], r["stage"], _pct(m.get("rm_accuracy")), _pct(m.get("rm_accuracy_held_out_group")), *cells,
+             m.get("kl_to_sft"), verdict]
+        )  # fmt: skip
+    sec.table(["round", "stage", "RM accuracy", "RM accuracy, held-out group", *judges, "KL to SFT", "decision"], rows)
+    return sec
+
+
 def _overopt_table(sec: Section, pts: list[dict[str, Any]], fit: dict[str, float] | None) -> None:
     step = max(1, len(pts) // 12)
     sec.table(
@@ -667,6 +705,9 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     examples = _examples_section(results["winrate"]) if results.get("winrate") else None
     if examples is not None:
         sections.insert(1, examples)
+    rounds = _rounds_section(run)
+    if rounds is not None:
+        sections.append(rounds)
     if ppo_runs:
         sections.append(_training_section(ppo_runs, plot))
     if results.get("overoptimization") or ppo_runs:

@@ -111,6 +111,9 @@ class FeedbackClient:
     def create_group(self, name: str, held_out: bool = False) -> dict[str, Any]:
         return self._call("POST", "/api/admin/groups", json={"name": name, "held_out": held_out})
 
+    def groups(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/admin/groups")
+
     # -- admin: campaigns ----------------------------------------------------------------------------
     def create_campaign(self, name: str, task_type: str, guidelines: str, **settings: Any) -> dict[str, Any]:
         body = {"name": name, "task_type": task_type, "guidelines": guidelines, **settings}

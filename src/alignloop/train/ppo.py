@@ -155,6 +155,9 @@ class PPOTrainer:
     a local reward model sharing the policy's tokenizer also initialises the value model.
     ``ptx_texts`` is the pretraining corpus of PPO-ptx (used when ``config.gamma_ptx > 0``).
     ``extra_scorers`` (e.g. the gold judge) are logged as ``score_<name>`` and do not train.
+    ``reference`` (a folder or a causal LM with the policy's tokenizer) is the KL reference when
+    it is not the starting policy: the loop starts round 2 from round 1's policy, but the KL
+    penalty stays against pi_SFT (SPEC section 6). Default: a frozen copy of the starting policy.
     """
 
     def __init__(
@@ -172,6 +175,7 @@ class PPOTrainer:
         resume: bool = False,
         progress: bool = True,
         on_iteration: Callable[[int, dict[str, float]], None] | None = None,
+        reference: str | Any | None = None,
     ) -> None:
         try:
             config.validate()
@@ -260,7 +264,12 @@ class PPOTrainer:
             self.ref = None
         else:
             policy_model.requires_grad_(True)
-            self.ref = copy.deepcopy(policy_model).requires_grad_(False).eval()
+            self.ref = None if reference is not None else copy.deepcopy(policy_model).requires_grad_(False).eval()
+        if reference is not None:  # a reference other than the starting policy (the loop's SFT policy in round 2+)
+            self.ref = load_policy(reference, cfg.dtype)[0] if isinstance(reference, str) else reference
+            disable_dropout(self.ref)
+            self.ref.requires_grad_(False).eval()
+        if self.ref is not None:
             self.ref.to(WEIGHT_DTYPES[cfg.distributed.frozen_dtype])
 
         # Optimizers: one per model, so the policy step and the value step are independent. Under
