@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from alignloop.data.records import METADATA_FLAGS
 from alignloop.errors import AlignloopError
-from alignloop.feedback import auth
+from alignloop.feedback import auth, progress
 from alignloop.feedback.export import select_campaigns
 from alignloop.feedback.models import Campaign, LabelerGroup, User
 from alignloop.feedback.routes_admin import campaign_dict
@@ -133,11 +133,14 @@ def task_page(assignment_id: int, request: Request) -> Response:
         task = load_task(request, user, assignment_id)
     except HTTPException as err:
         return render(request, "error.html", err.status_code, user=user, message=err.detail)
+    with request.app.state.db.read() as s:
+        mine = progress.labeler_progress(s, user.user_id)
     return render(
         request,
         "task.html",
         user=user,
         t=task,
+        progress=mine,
         letters=LETTERS,
         flag_text=FLAG_TEXT,
     )
