@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from alignloop.config import FeedbackConfig
-from alignloop.feedback import auth, db, pages, routes_admin, routes_labeler, routes_people
+from alignloop.feedback import auth, db, pages, routes_admin, routes_console, routes_labeler, routes_people
 
 ENV_DATABASE = "ALIGNLOOP_FEEDBACK_DB"
 
@@ -118,6 +118,8 @@ def create_app(config: FeedbackConfig | None = None, *, migrate: bool = True) ->
     app.include_router(routes_labeler.router)
     app.include_router(routes_people.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_console.pages)  # before pages.router: /admin/campaigns/new is not a campaign id
+    app.include_router(routes_console.actions)
     app.include_router(pages.router)
     static = resources.files("alignloop.feedback") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

@@ -160,6 +160,7 @@ def admin_page(request: Request) -> Response:
         user=user,
         campaigns=campaigns,
         users=users,
+        nav="overview",
     )
 
 
@@ -178,8 +179,8 @@ def campaign_page(campaign_id: int, request: Request) -> Response:
         agreement: dict[str, Any] | None
         ratings: dict[str, Any] | None = None
         note = ""
-        try:
-            agreement = analysis.campaign_agreement(s, c)
+        try:  # with the screening bar, 2 labelers can be flagged too (the robust cut needs 3)
+            agreement = analysis.campaign_agreement(s, c, request.app.state.config.screening_threshold)
         except AlignloopError as err:
             agreement, note = None, str(err)
         if c.task_type in analysis.RANKING_LIKE:
@@ -195,4 +196,5 @@ def campaign_page(campaign_id: int, request: Request) -> Response:
         agreement=agreement,
         ratings=ratings,
         note=note,
+        nav="agreement",
     )
