@@ -49,7 +49,13 @@
 
   function moveTo(from, to) {
     const all = cards();
-    if (to < 0 || to >= all.length || from === to) return;
+    if (to < 0 || to >= all.length) return;
+    if (from === to) {  // already there: pressing its place still places it
+      all[from].dataset.placed = "1";
+      placeLastOne();
+      render();
+      return;
+    }
     const el = all[from];
     const after = all[from + 1];
     if (after) after.dataset.tied = "0"; // its neighbour above changes: a tie would no longer be adjacent
