@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from alignloop.config import FeedbackConfig
-from alignloop.feedback import auth, db, pages, routes_admin, routes_console, routes_labeler, routes_people
+from alignloop.feedback import api_docs, auth, db, pages, routes_admin, routes_console, routes_labeler, routes_people
 
 ENV_DATABASE = "ALIGNLOOP_FEEDBACK_DB"
 
@@ -76,7 +76,8 @@ def create_app(config: FeedbackConfig | None = None, *, migrate: bool = True) ->
     app = FastAPI(
         title="alignloop feedback service",
         version="1",
-        docs_url="/api/docs",
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: served offline by api_docs instead
+        redoc_url=None,
         openapi_url="/api/openapi.json",
         lifespan=lifespan,
     )
@@ -118,6 +119,7 @@ def create_app(config: FeedbackConfig | None = None, *, migrate: bool = True) ->
     app.include_router(routes_labeler.router)
     app.include_router(routes_people.router)
     app.include_router(routes_admin.router)
+    api_docs.mount(app)
     app.include_router(routes_console.pages)  # before pages.router: /admin/campaigns/new is not a campaign id
     app.include_router(routes_console.actions)
     app.include_router(pages.router)
