@@ -77,6 +77,45 @@ def _read_items(path: Path) -> list[dict[str, Any]]:
     return items
 
 
+PASSWORD_FILE = typer.Option(None, "--password-file", help="Read the password from the first line of this file.")
+ASK_PASSWORD = typer.Option(False, "--ask-password", help="Prompt for the password (hidden, asked twice).")
+PASSWORD = typer.Option(
+    None, "--password", help="The password itself (lands in shell history: prefer --ask-password or --password-file)."
+)
+
+
+def read_password(password: str | None, password_file: Path | None, ask: bool) -> str | None:
+    """The password from exactly one of --password, --password-file, --ask-password (or None)."""
+    given = [
+        name for name, v in (("--password", password), ("--password-file", password_file), ("--ask-password", ask)) if v
+    ]
+    if len(given) > 1:
+        raise AlignloopError(f"give one of {', '.join(given)}", "they are three ways to give the same password")
+    if password_file is not None:
+        if not password_file.exists():
+            raise AlignloopError(f"{password_file}: no such file", "write the password on its first line")
+        lines = password_file.read_text(encoding="utf-8").splitlines()
+        password = lines[0] if lines else ""
+        if not password:
+            raise AlignloopError(f"{password_file}: the first line is empty", "write the password on its first line")
+    elif ask:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    elif password is not None:
+        typer.secho(
+            "note: a password on the command line lands in your shell history; "
+            "use --ask-password or --password-file next time",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    if password is not None and len(password) < 8:
+        raise AlignloopError("password: at least 8 characters", "choose a longer one")
+    return password
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -102,36 +141,44 @@ def register(app: typer.Typer) -> None:
     @admin.command("create")
     def admin_create(
         username: str = typer.Argument(..., help="The admin's user name."),
-        password: str = typer.Option(None, "--password", help="Also allow password login (at /login)."),
+        password: str = PASSWORD,
+        password_file: Path = PASSWORD_FILE,
+        ask_password: bool = ASK_PASSWORD,
         config: Path = CONFIG,
         db: str = DB,
     ) -> None:
-        """Make an admin (the first one too) and print how to log in."""
+        """Make an admin (the first one too) and print how to log in: an API token always, web login with a password."""
         from alignloop.feedback.accounts import create_admin
         from alignloop.feedback.db import migrate
 
+        password = read_password(password, password_file, ask_password)
         cfg = feedback_config(config, db)
         migrate(cfg.database_url)
         new = create_admin(cfg.database_url, username, password, token=True)
         url = f"http://{cfg.host}:{cfg.port}"
-        typer.echo(f"admin {new.username!r} created.")
+        typer.echo(f"admin {new.username!r} created in {cfg.database_url}")
         typer.echo(f"  API token (shown once): {new.token}")
         typer.echo(f"  use it: export ALIGNLOOP_FEEDBACK_TOKEN={new.token}")
         if password:
-            typer.echo(f"  or log in at {url}/login as {new.username} with your password")
-        typer.echo(f"  start the service: alignloop serve --db {cfg.database_url}")
+            typer.echo(f"  web console: log in at {url}/login as {new.username} with your password")
+        else:
+            typer.echo("  no password given: no web login for this admin (add one: --ask-password when creating)")
+        typer.echo(f"  start the service on this database: alignloop serve --db {cfg.database_url}")
 
     @users.command("create")
     def user_create(
         username: str = typer.Argument(...),
         role: str = typer.Option("labeler", "--role", help="labeler or admin."),
         group_name: str = typer.Option(None, "--group", help="Labeler group (create it with `user group`)."),
-        password: str = typer.Option(None, "--password", help="Password for the labeling pages."),
+        password: str = PASSWORD,
+        password_file: Path = PASSWORD_FILE,
+        ask_password: bool = ASK_PASSWORD,
         with_token: bool = typer.Option(False, "--with-token", help="Also create an API token (printed once)."),
         server: str = SERVER,
         token: str = TOKEN,
     ) -> None:
-        """Create a labeler (or another admin)."""
+        """Create a labeler (or another admin); a password lets them log in to the labeling pages."""
+        password = read_password(password, password_file, ask_password)
         out = _client(server, token).create_user(username, role, password, group_name, with_token)
         typer.echo(
             f"{out['role']} {out['username']!r} created" + (f"; API token: {out['token']}" if "token" in out else "")
@@ -250,7 +297,9 @@ def register(app: typer.Typer) -> None:
         pa = ag.get("pairwise_agreement")
         if pa:
             typer.echo(f"pairwise agreement {_pct(pa['rate'])} +- {_pct(pa['stderr'])} ({pa['n_judgments']} judgments)")
-            typer.echo(f"Fleiss' kappa {ag['fleiss_kappa']}, Krippendorff's alpha {ag['krippendorff_alpha']}")
+            typer.echo(
+                f"Fleiss' kappa {_num(ag['fleiss_kappa'])}, Krippendorff's alpha {_num(ag['krippendorff_alpha'])}"
+            )
         else:
             typer.echo(ag.get("note", "no overlapping labels yet"))
         table = Table("labeler", "with others", "with gold", "outlier")

@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
         """Run the human feedback service: labeling pages for labelers, the API for admins and the loop."""
         import uvicorn
 
+        from alignloop.feedback.accounts import count_admins
         from alignloop.feedback.app import ENV_DATABASE
         from alignloop.feedback.db import migrate
 
@@ -48,8 +49,14 @@ def register(app: typer.Typer) -> None:
         port = port or cfg.port
         os.environ[ENV_DATABASE] = cfg.database_url
         typer.echo(f"alignloop feedback service on http://{host}:{port} (schema {revision}, {workers} worker(s))")
+        typer.echo(f"  database: {cfg.database_url}")
         typer.echo(f"  labelers and admins log in at http://{host}:{port}/login; API docs at /api/docs")
-        typer.echo("  no admin yet? alignloop feedback admin create NAME --db ...")
+        if count_admins(cfg.database_url) == 0:
+            typer.secho(
+                f"  this database has no admin yet: alignloop feedback admin create NAME --db {cfg.database_url}"
+                " (the same --db as here)",
+                fg=typer.colors.YELLOW,
+            )
         uvicorn.run(
             "alignloop.feedback.app:app_from_env",
             factory=True,
