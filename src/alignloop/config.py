@@ -104,6 +104,21 @@ class GenerationConfig:
 
 
 @dataclass
+class SampleConfig:
+    """``alignloop sample``: K completions per prompt from one policy, for a ranking campaign."""
+
+    k: int = 4  # the paper's K = 4..9 (2..3 for best-pick campaigns)
+    seed: int = 0
+    dtype: str = "float32"
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(temperature=1.0))  # diverse K
+
+    def validate(self) -> None:
+        if not 2 <= self.k <= 9:
+            raise ValueError(f"k: completions per prompt must be 2..9 (a ranking campaign takes 4..9), got {self.k}")
+        self.generation.validate()
+
+
+@dataclass
 class SFTConfig:
     """Supervised fine-tuning on demonstrations (paper section 3.5: 16 epochs, cosine decay, dropout 0.2)."""
 

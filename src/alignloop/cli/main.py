@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "sft",
     "rm",
     "bon",
+    "sample",
     "ppo",
     "serve",
     "feedback",
