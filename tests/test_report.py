@@ -160,6 +160,7 @@ def test_eval_cli_end_to_end_on_the_tiny_model(tmp_path):
             "--human-ratings", str(d / "ratings.jsonl"), "--out", str(out)]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
+    assert "headline figures" in res.output and "win rate vs sft (gold)" in res.output
     kinds = {"winrate", "metadata", "hallucination", "truthfulqa", "toxicity", "bias", "alignment_tax", "redteam"}
     assert set(read_results(out)) == kinds
     win = json.loads((out / "winrate.json").read_text())
@@ -201,3 +202,19 @@ def test_eval_cli_rejects_bad_input_before_loading_models(tmp_path):
     assert "win rates need a baseline" in str(res.exception)
     res = CliRunner().invoke(app, ["eval", "--policy", "x=tiny", "--baseline", "x=tiny", "--policy", "x=other"])
     assert "two policies are named 'x'" in str(res.exception)
+
+
+def test_eval_headline_rows_report_ties_as_ties(tmp_path):
+    from alignloop.evaluate.headlines import headline_rows
+
+    write_fixture_results(tmp_path)
+    rows = headline_rows({k: tmp_path / f"{k}.json" for k in ("winrate", "metadata", "truthfulqa", "alignment_tax")})
+    by = {(r[0], r[1]): r[2:] for r in rows}
+    value, detail = by[("win rate vs sft (gold)", "ppo")]
+    rate = _rate(0.7)
+    assert value == f"{100 * rate['rate']:.1f} %"
+    assert f"{rate['wins']} wins, {rate['ties']} ties, {rate['losses']} losses of {rate['n']}" in detail
+    assert by[("win rate (human)", "")] == ["pending", "labelers are judging"]
+    assert by[("mean Likert 1-7 (gold)", "sft")] == ["4.000", "n = 6"]
+    assert by[("TruthfulQA MC1", "ppo")] == ["0.250", "MC2 0.400"]
+    assert by[("HellaSwag accuracy", "sft")] == ["25.0 %", "n = 4"]
