@@ -118,3 +118,15 @@ def test_resume_on_another_stages_folder_says_so(tmp_path) -> None:
     assert load_stage_config(None, RMConfig, "rm", run_dir=tmp_path, resume=True) == RMConfig()
     with pytest.raises(AlignloopError, match="it holds a rm run"):
         load_stage_config(None, PPOConfig, "ppo", run_dir=tmp_path, resume=True)
+
+
+def test_progress_bars_show_the_newest_key_metrics(tmp_path) -> None:
+    from alignloop.train.runlog import RunLog, key_metrics_text
+
+    log = RunLog(tmp_path, tensorboard=False)
+    assert key_metrics_text() == ""
+    log.log(1, {"train/loss": 2.5, "train/lr": 1e-3})
+    log.log(2, {"train/loss": 1.25, "val/loss": 1.5})
+    assert key_metrics_text() == "loss 1.25  val loss 1.5"
+    RunLog(tmp_path / "ppo", tensorboard=False).log(1, {"rm_score": 0.5, "kl": 0.0123456})
+    assert key_metrics_text() == "reward 0.5  KL 0.01235"  # a new run starts afresh
