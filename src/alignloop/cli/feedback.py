@@ -36,6 +36,26 @@ def _client(server: str, token: str | None):
     return FeedbackClient(server, token)
 
 
+def _wait_for(server: str, seconds: float) -> None:
+    """Poll the service's /healthz until it answers (``alignloop serve ... &`` takes a few seconds)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{server.rstrip('/')}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AlignloopError(
+                f"the feedback service at {server} did not answer within {seconds:g} s", "is it running?"
+            )
+        time.sleep(0.25)
+
+
 def _campaign_id(client: Any, ref: str) -> int:
     for c in client.campaigns():
         if c["name"] == ref or str(c["id"]) == ref:
@@ -144,6 +164,9 @@ def register(app: typer.Typer) -> None:
         password: str = PASSWORD,
         password_file: Path = PASSWORD_FILE,
         ask_password: bool = ASK_PASSWORD,
+        token_file: Path = typer.Option(
+            None, "--token-file", help="Write the API token to this file (mode 600) instead of printing it."
+        ),
         config: Path = CONFIG,
         db: str = DB,
     ) -> None:
@@ -157,8 +180,16 @@ def register(app: typer.Typer) -> None:
         new = create_admin(cfg.database_url, username, password, token=True)
         url = f"http://{cfg.host}:{cfg.port}"
         typer.echo(f"admin {new.username!r} created in {cfg.database_url}")
-        typer.echo(f"  API token (shown once): {new.token}")
-        typer.echo(f"  use it: export ALIGNLOOP_FEEDBACK_TOKEN={new.token}")
+        if token_file is not None:
+            token_file.parent.mkdir(parents=True, exist_ok=True)
+            token_file.write_text(f"{new.token}\n", encoding="utf-8")
+            token_file.chmod(0o600)
+            typer.echo(
+                f"  API token written to {token_file}; use it: export ALIGNLOOP_FEEDBACK_TOKEN=$(cat {token_file})"
+            )
+        else:
+            typer.echo(f"  API token (shown once): {new.token}")
+            typer.echo(f"  use it: export ALIGNLOOP_FEEDBACK_TOKEN={new.token}")
         if password:
             typer.echo(f"  web console: log in at {url}/login as {new.username} with your password")
         else:
@@ -275,8 +306,14 @@ def register(app: typer.Typer) -> None:
         console.print(table)
 
     @group.command("status")
-    def status(server: str = SERVER, token: str = TOKEN) -> None:
-        """Campaigns and their progress."""
+    def status(
+        server: str = SERVER,
+        token: str = TOKEN,
+        wait: float = typer.Option(0, "--wait", help="Wait up to this many seconds for the service to answer."),
+    ) -> None:
+        """Campaigns and their progress (--wait: first wait for a service that is starting)."""
+        if wait > 0:
+            _wait_for(server, wait)
         table = Table("id", "campaign", "form", "items", "pending", "done", "skipped")
         for c in _client(server, token).campaigns():
             a = c["assignments"]

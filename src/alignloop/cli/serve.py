@@ -30,7 +30,9 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(None, "--config", help="YAML with the feedback stage (or a whole loop config)."),
         db: str = typer.Option(None, "--db", help="Database URL: sqlite:///file.db or postgresql+psycopg://..."),
         host: str = typer.Option(None, "--host", help="Interface to listen on (default: feedback.host)."),
-        port: int = typer.Option(None, "--port", help="Port (default: feedback.port)."),
+        port: int = typer.Option(
+            None, "--port", envvar="ALIGNLOOP_FEEDBACK_PORT", help="Port (default: feedback.port)."
+        ),
         workers: int = typer.Option(
             1, "--workers", min=1, help="Worker processes, each with its own DB pool (2 or more for PostgreSQL)."
         ),

@@ -38,7 +38,7 @@ _latest: dict[str, float] = {}  # the newest logged value of each key metric, re
 
 
 def key_metrics_text() -> str:
-    """"loss 1.234  KL 0.012" from the newest logged values (empty before the first log)."""
+    """ "loss 1.234  KL 0.012" from the newest logged values (empty before the first log)."""
     return "  ".join(f"{short} {_latest[k]:.4g}" for k, short in KEY_METRICS if k in _latest)
 
 
