@@ -111,7 +111,7 @@ def test_admin_password_from_a_file_or_a_prompt_never_the_command_line(tmp_path)
     out = _run(["feedback", "admin", "create", "ann", "--password-file", str(pw), "--db", url])
     assert f"admin 'ann' created in {url}" in out and "web console: log in at" in out
     result = runner.invoke(cli, ["feedback", "admin", "create", "bob", "--ask-password", "--db", url],
-                           input="prompt-password-1\nprompt-password-1\n")  # fmt: skip
+                           input="prompt-password-1\n")  # fmt: skip
     assert result.exit_code == 0, result.output
     out = _run(["feedback", "admin", "create", "cid", "--db", url])
     assert "no password given: no web login for this admin" in out

@@ -104,6 +104,29 @@ PASSWORD = typer.Option(
 )
 
 
+def _ask_password() -> str:
+    """Prompt twice on a terminal; otherwise read exactly one line of standard input, byte by byte, so
+    a script can feed several commands their passwords from one stream (Python's buffered stdin would
+    swallow the next command's line)."""
+    import os
+    import sys
+
+    if sys.stdin is not None and sys.stdin.isatty():
+        return typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's stream): read a line
+        text = sys.stdin.readline().rstrip("\r\n") if sys.stdin is not None else ""
+    else:
+        line = bytearray()
+        while (ch := os.read(fd, 1)) not in (b"", b"\n"):
+            line += ch
+        text = line.decode("utf-8").rstrip("\r")
+    if not text:
+        raise AlignloopError("--ask-password: no password on standard input", "type it at a terminal, or pipe one line")
+    return text
+
+
 def read_password(password: str | None, password_file: Path | None, ask: bool) -> str | None:
     """The password from exactly one of --password, --password-file, --ask-password (or None)."""
     given = [
@@ -119,7 +142,7 @@ def read_password(password: str | None, password_file: Path | None, ask: bool) -
         if not password:
             raise AlignloopError(f"{password_file}: the first line is empty", "write the password on its first line")
     elif ask:
-        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+        password = _ask_password()
     elif password is not None:
         typer.secho(
             "note: a password on the command line lands in your shell history; "
