@@ -218,3 +218,26 @@ def test_eval_headline_rows_report_ties_as_ties(tmp_path):
     assert by[("mean Likert 1-7 (gold)", "sft")] == ["4.000", "n = 6"]
     assert by[("TruthfulQA MC1", "ppo")] == ["0.250", "MC2 0.400"]
     assert by[("HellaSwag accuracy", "sft")] == ["25.0 %", "n = 4"]
+
+
+def test_report_plots_sft_and_rm_curves_and_ppo_diagnostics(tmp_path):
+    run = tmp_path / "runs"
+    for name, rows in {
+        "sft": [{"step": s, "train/loss": 3.0 / s, "train/lr": 1e-4} for s in range(1, 9)]
+        + [{"step": 8, "val/loss": 0.9, "epoch": 1}],
+        "rm": [{"step": s, "train/loss": 0.7 / s, "train/accuracy": 0.5 + s / 20, "train/margin": s / 10}
+               for s in range(1, 6)],
+        "ppo": [{"step": s, "episodes": 16 * s, "kl": 0.01 * s, "rm_score": 0.1 * s, "entropy": 4 - s / 10,
+                 "value_loss": 1 / s, "clipfrac": 0.05, "vf_clipfrac": 0.01, "response_length": 20 + s}
+                for s in range(1, 5)],
+    }.items():  # fmt: skip
+        (run / name).mkdir(parents=True)
+        (run / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    html = build_report(run).read_text()
+    assert "SFT and reward model training" in html and "PPO training" in html
+    pngs = sorted(p.name for p in (run / "report").glob("*.png"))
+    assert [p.split("-", 1)[1] for p in pngs if "training" in p] == ["sft-training.png", "rm-training.png",
+                                                                      "ppo-training.png"]  # fmt: skip
+    from alignloop.evaluate.report import find_training_runs
+
+    assert [(k, p.name) for k, p in find_training_runs(run)] == [("sft", "sft"), ("rm", "rm")]
