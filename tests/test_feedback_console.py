@@ -175,3 +175,17 @@ def test_time_on_task_skips_breaks_and_agreement_counts_pairs():
     assert answer_agreement("ranking", [0, 1, 2, 3], [0, 1, 3, 2]) == pytest.approx(5 / 6)
     assert answer_agreement("rating", 7, 1) == 0.0
     assert describe("ranking", {"order": [2, 0, 1, 3], "ties": [[0, 1]]}, 4) == "#3 > #1 = #2 > #4"
+
+
+@SQLITE_ONLY
+def test_screening_tasks_come_first_for_a_labeler(service):
+    svc = service
+    ann = svc.labeler("ann")
+    real = svc.admin.create_campaign("real", "ranking", "Rank.")
+    svc.admin.upload_items(real["id"], ranking_items(2, prefix="r"))
+    svc.admin.assign(real["id"])
+    gold = svc.admin.create_campaign("gold", "ranking", "Rank.", screening=True)  # pushed later
+    svc.admin.upload_items(gold["id"], [dict(it, gold={"order": [0, 1, 2, 3]}) for it in ranking_items(2, prefix="g")])
+    svc.admin.assign(gold["id"])
+    assert [t["campaign"] for t in ann.tasks()] == ["gold", "gold", "real", "real"]
+    assert svc.admin.campaign(gold["id"])["overlap"] == 1  # one labeler: every item once

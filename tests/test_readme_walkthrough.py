@@ -82,6 +82,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
     assert (tmp_path / "runs" / "ppo" / "policy").is_dir()
     assert (tmp_path / "runs" / "report" / "index.html").exists()
     assert "headline figures" in proc.stdout and "pairwise agreement" in proc.stdout
+    assert re.search(r"Fleiss' kappa -?\d\.\d{3}, Krippendorff's alpha -?\d\.\d{3}\n", proc.stdout)  # rounded
     n_demos = sum(1 for _ in open(tmp_path / "demos.jsonl"))
     n_rankings = sum(1 for _ in open(tmp_path / "rankings.jsonl"))
     n_items = sum(1 for _ in open(tmp_path / "rm_items.jsonl"))

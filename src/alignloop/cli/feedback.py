@@ -263,6 +263,9 @@ def register(app: typer.Typer) -> None:
         rules: list[str] = typer.Option(None, "--rule", help="A written rule (rule_violations; repeat)."),
         screening: bool = typer.Option(False, "--screening", help="A gold set for screening labelers."),
         screened_only: bool = typer.Option(False, "--screened-only", help="Only labelers who passed screening."),
+        rate_completions: bool = typer.Option(
+            False, "--rate-completions", help="Labelers rate every completion (Likert + flags) before ranking."
+        ),
         assign: bool = typer.Option(True, "--assign/--no-assign", help="Assign the items right away."),
         groups: list[str] = typer.Option(None, "--group", help="Assign only to these labeler groups (repeat)."),
         server: str = SERVER,
@@ -287,6 +290,7 @@ def register(app: typer.Typer) -> None:
                 rules=list(rules or []),
                 screening=screening,
                 screened_only=screened_only,
+                **({"rate_completions": True} if rate_completions else {}),
             )["id"]
         up = client.upload_items(cid, items)
         typer.echo(f"campaign {campaign!r} (id {cid}): {up['created']} new items, {up['existing']} already there")
