@@ -245,6 +245,14 @@
       li.querySelectorAll("input.out-likert").forEach(function (r) { r.addEventListener("change", render); });
     });
   }
+  // Short answers are shown whole: no fold, no "Show all" button.
+  document.querySelectorAll("pre.text.clamp").forEach(function (pre) {
+    if (pre.scrollHeight <= pre.clientHeight + 2) {
+      pre.classList.remove("clamp");
+      const btn = pre.parentElement.querySelector("button.expand");
+      if (btn) btn.remove();
+    }
+  });
   if (confirmBox) confirmBox.addEventListener("change", render);
   const toRankingButton = document.getElementById("to-ranking");
   if (toRankingButton) toRankingButton.addEventListener("click", toRanking);
