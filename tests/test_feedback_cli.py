@@ -149,3 +149,17 @@ def test_migration_0002_keeps_old_campaigns_without_per_completion_ratings(tmp_p
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT name, rate_completions FROM campaigns").all() == [("old", 0)]
     engine.dispose()
+
+
+def test_serve_and_admin_create_share_the_default_database(tmp_path, monkeypatch):
+    """Without --db both commands use FeedbackConfig.database_url; serve counts the admins it can offer."""
+    from alignloop.cli.serve import feedback_config
+    from alignloop.feedback.accounts import count_admins
+
+    monkeypatch.chdir(tmp_path)
+    url = feedback_config(None).database_url
+    migrate(url)
+    assert count_admins(url) == 0
+    out = _run(["feedback", "admin", "create", "ann"])
+    assert f"created in {url}" in out and f"alignloop serve --db {url}" in out
+    assert count_admins(url) == 1
