@@ -60,7 +60,7 @@ def test_campaign_from_file_is_atomic_and_errors_name_the_line(service):
     bad = ranking_items(3)
     bad[2]["completions"] = ["only", "two"]
     err = web.post("/admin/console/campaigns", _campaign_form("c1"), {"file": ("items.jsonl", _jsonl(bad))}, 422)
-    assert err["detail"] == "items[2].completions: a ranking task takes 4 to 9 completions, got 2"
+    assert err["detail"] == "items.jsonl:3: completions: a ranking task takes 4 to 9 completions, got 2"
     err = web.post(
         "/admin/console/campaigns", _campaign_form("c1"), {"file": ("items.jsonl", b'{"prompt_id": "a"}\n')}, 422
     )

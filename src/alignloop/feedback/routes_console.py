@@ -231,7 +231,7 @@ def export_file(
 # ---- actions -------------------------------------------------------------------------------------
 
 
-def parse_items(data: bytes, filename: str) -> list[ItemIn]:
+def parse_items(data: bytes, filename: str) -> list[tuple[int, ItemIn]]:
     """Items from an uploaded JSONL file; an error names the file, the line and the field."""
     from alignloop.cli.feedback import item_from_row  # one reading of a row: item, Prompt or Ranking record
 
@@ -245,7 +245,7 @@ def parse_items(data: bytes, filename: str) -> list[ItemIn]:
             continue
         try:
             row = json.loads(line)
-            items.append(ItemIn(**item_from_row(row, f"{filename}:{n}")))
+            items.append((n, ItemIn(**item_from_row(row, f"{filename}:{n}"))))
         except json.JSONDecodeError as err:
             raise HTTPException(422, f"{filename}:{n}: invalid JSON ({err.msg})") from None
         except AlignloopError as err:
@@ -299,7 +299,13 @@ async def create_campaign(
             s.flush()
         except IntegrityError:
             raise HTTPException(409, f"name: a campaign named {body.name!r} exists") from None
-        rows = [_checked_item(c, n, it) for n, it in enumerate(items)]
+        rows = []
+        for i, (line, it) in enumerate(items):
+            try:
+                rows.append(_checked_item(c, i, it))
+            except HTTPException as err:  # "items[i].field: ..." -> "FILE:LINE: field: ..."
+                detail = str(err.detail).removeprefix(f"items[{i}].")
+                raise HTTPException(err.status_code, f"{file.filename or 'upload'}:{line}: {detail}") from None
         unique = {r["key"]: r for r in rows}
         s.add_all(Item(**r) for r in unique.values())
         s.flush()
