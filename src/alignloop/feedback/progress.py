@@ -95,7 +95,7 @@ def progress_table(s: Session, campaign_id: int | None = None) -> list[dict[str,
                 "share_done": (c["done"] + c["skipped"]) / total if total else None,
                 "labels_per_hour": per_hour,
                 "median_seconds": median,
-                "last_label": times[u.id][-1].isoformat(timespec="seconds") if times.get(u.id) else None,
+                "last_label": times[u.id][-1].strftime("%Y-%m-%d %H:%M") if times.get(u.id) else None,
             }
         )
     return rows
