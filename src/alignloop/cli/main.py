@@ -16,6 +16,9 @@ import typer
 
 from alignloop.errors import AlignloopError, TrainingInterrupted
 
+# Library progress bars ("Loading weights", "Writing model shards") would interleave with our own,
+# which show the stage's metrics; huggingface_hub's switch silences transformers' bars too.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # peft asks transformers a deprecated question on every LoRA wrap; nothing a user can act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
