@@ -90,3 +90,43 @@ def test_example_configs_are_valid() -> None:
     for path in examples:
         cfg = load_config(path)
         assert isinstance(cfg, LoopConfig)
+
+
+def test_yaml_numbers_in_scientific_notation_are_numbers(tmp_path) -> None:
+    from alignloop.config import SFTConfig, load_config, load_yaml
+
+    p = tmp_path / "sft.yaml"
+    p.write_text("lr: 1e-4\nweight_decay: 5E-2\nwarmup_ratio: .5\nepochs: 3\n", encoding="utf-8")
+    assert load_yaml(p) == {"lr": 1e-4, "weight_decay": 0.05, "warmup_ratio": 0.5, "epochs": 3}
+    cfg = load_config(p, SFTConfig)
+    assert cfg.lr == 1e-4 and isinstance(cfg.lr, float) and cfg.epochs == 3
+    p.write_text("model:\n  name: 1e4-model\n", encoding="utf-8")  # not a number: stays a string
+    assert load_yaml(p) == {"model": {"name": "1e4-model"}}
+
+
+def test_resume_on_another_stages_folder_says_so(tmp_path) -> None:
+    from alignloop.config import PPOConfig, RMConfig, SFTConfig, dump_config, load_stage_config
+    from alignloop.errors import AlignloopError
+
+    dump_config(RMConfig(), tmp_path / "config.yaml")
+    with pytest.raises(AlignloopError) as err:
+        load_stage_config(None, SFTConfig, "sft", run_dir=tmp_path, resume=True)
+    assert str(err.value) == (
+        f"cannot resume {tmp_path} as a sft run: it holds a rm run (see its config.yaml) "
+        "(resume it with `alignloop rm ... --resume`, or give this sft run a new --out)"
+    )
+    assert load_stage_config(None, RMConfig, "rm", run_dir=tmp_path, resume=True) == RMConfig()
+    with pytest.raises(AlignloopError, match="it holds a rm run"):
+        load_stage_config(None, PPOConfig, "ppo", run_dir=tmp_path, resume=True)
+
+
+def test_progress_bars_show_the_newest_key_metrics(tmp_path) -> None:
+    from alignloop.train.runlog import RunLog, key_metrics_text
+
+    log = RunLog(tmp_path, tensorboard=False)
+    assert key_metrics_text() == ""
+    log.log(1, {"train/loss": 2.5, "train/lr": 1e-3})
+    log.log(2, {"train/loss": 1.25, "val/loss": 1.5})
+    assert key_metrics_text() == "loss 1.25  val loss 1.5"
+    RunLog(tmp_path / "ppo", tensorboard=False).log(1, {"rm_score": 0.5, "kl": 0.0123456})
+    assert key_metrics_text() == "reward 0.5  KL 0.01235"  # a new run starts afresh

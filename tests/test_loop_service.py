@@ -24,7 +24,7 @@ from alignloop.config import FeedbackConfig
 from alignloop.feedback.accounts import create_admin
 from alignloop.feedback.app import create_app
 from alignloop.feedback.client import FeedbackClient
-from alignloop.train.checkpoint import list_checkpoints
+from alignloop.train.checkpoint import CRASH_ENV, list_checkpoints
 from feedback_fixtures import database_url, live_server, pg_database, pg_url  # noqa: F401
 
 WAITING = re.compile(r"round (\d+): waiting for campaign (\d+) \((\w+)\): (\d+) of (\d+) items done \(overlap (\d+)\)")
@@ -159,15 +159,15 @@ def test_two_rounds_through_the_service_survive_sigkill_and_match_an_uninterrupt
         assert len(a.campaigns()) == 1
         labelers = start(*a.simulate(), env=a.env, log=tmp_path / "simulate.log")
         try:
-            # 3. SIGKILL inside round 1's PPO, after its first checkpoint; resume to the end.
-            loop = start("loop", "--resume", str(a.out), env=a.env, log=tmp_path / "ppo.log")
+            # 3. SIGKILL inside round 1's PPO, right after its first checkpoint (the process kills itself
+            #    there: a poll-then-kill from here would race the trainer on a loaded machine); resume.
+            crash = a.env | {CRASH_ENV: "ppo:1"}
+            loop = start("loop", "--resume", str(a.out), env=crash, log=tmp_path / "ppo.log")
             ppo_dir = a.out / "round-1" / "ppo"
-            poll_until("round 1's first PPO checkpoint", lambda: len(list_checkpoints(ppo_dir)) >= 1, loop)
-            loop.send_signal(signal.SIGKILL)
-            loop.wait()
+            assert loop.wait(timeout=900) == -signal.SIGKILL, (tmp_path / "ppo.log").read_text()[-2000:]
+            assert [p.name for p in list_checkpoints(ppo_dir)] == ["step-000001"]
             r1 = state(a.out)["rounds"][1]
             assert r1["index"] == 1 and r1["stage"] == "rl", "the kill must land inside PPO"
-            assert len(list_checkpoints(ppo_dir)) < 3
             done = run("loop", "--resume", str(a.out), env=a.env)
             assert "finished" in done, done
         finally:

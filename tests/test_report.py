@@ -160,6 +160,7 @@ def test_eval_cli_end_to_end_on_the_tiny_model(tmp_path):
             "--human-ratings", str(d / "ratings.jsonl"), "--out", str(out)]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
+    assert "headline figures" in res.output and "win rate vs sft (gold)" in res.output
     kinds = {"winrate", "metadata", "hallucination", "truthfulqa", "toxicity", "bias", "alignment_tax", "redteam"}
     assert set(read_results(out)) == kinds
     win = json.loads((out / "winrate.json").read_text())
@@ -199,3 +200,42 @@ def test_eval_cli_rejects_bad_input_before_loading_models(tmp_path):
     assert "win rates need a baseline" in str(res.exception)
     res = CliRunner().invoke(app, ["eval", "--policy", "x=tiny", "--baseline", "x=tiny", "--policy", "x=other"])
     assert "two policies are named 'x'" in str(res.exception)
+
+
+def test_eval_headline_rows_report_ties_as_ties(tmp_path):
+    from alignloop.evaluate.headlines import headline_rows
+
+    write_fixture_results(tmp_path)
+    rows = headline_rows({k: tmp_path / f"{k}.json" for k in ("winrate", "metadata", "truthfulqa", "alignment_tax")})
+    by = {(r[0], r[1]): r[2:] for r in rows}
+    value, detail = by[("win rate vs sft (gold)", "ppo")]
+    rate = _rate(0.7)
+    assert value == f"{100 * rate['rate']:.1f} %"
+    assert f"{rate['wins']} wins, {rate['ties']} ties, {rate['losses']} losses of {rate['n']}" in detail
+    assert by[("win rate (human)", "")] == ["pending", "labelers are judging"]
+    assert by[("mean Likert 1-7 (gold)", "sft")] == ["4.000", "n = 6"]
+    assert by[("TruthfulQA MC1", "ppo")] == ["0.250", "MC2 0.400"]
+    assert by[("HellaSwag accuracy", "sft")] == ["25.0 %", "n = 4"]
+
+
+def test_report_plots_sft_and_rm_curves_and_ppo_diagnostics(tmp_path):
+    run = tmp_path / "runs"
+    for name, rows in {
+        "sft": [{"step": s, "train/loss": 3.0 / s, "train/lr": 1e-4} for s in range(1, 9)]
+        + [{"step": 8, "val/loss": 0.9, "epoch": 1}],
+        "rm": [{"step": s, "train/loss": 0.7 / s, "train/accuracy": 0.5 + s / 20, "train/margin": s / 10}
+               for s in range(1, 6)],
+        "ppo": [{"step": s, "episodes": 16 * s, "kl": 0.01 * s, "rm_score": 0.1 * s, "entropy": 4 - s / 10,
+                 "value_loss": 1 / s, "clipfrac": 0.05, "vf_clipfrac": 0.01, "response_length": 20 + s}
+                for s in range(1, 5)],
+    }.items():  # fmt: skip
+        (run / name).mkdir(parents=True)
+        (run / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    html = build_report(run).read_text()
+    assert "SFT and reward model training" in html and "PPO training" in html
+    pngs = sorted(p.name for p in (run / "report").glob("*.png"))
+    assert [p.split("-", 1)[1] for p in pngs if "training" in p] == ["sft-training.png", "rm-training.png",
+                                                                      "ppo-training.png"]  # fmt: skip
+    from alignloop.evaluate.report import find_training_runs
+
+    assert [(k, p.name) for k, p in find_training_runs(run)] == [("sft", "sft"), ("rm", "rm")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,6 +136,21 @@ class DistributedConfig:
         for name in ("dtype", "frozen_dtype"):
             if getattr(self, name) not in ("fp32", "bf16", "fp16"):
                 raise ValueError(f"distributed.{name}: must be fp32, bf16 or fp16, got {getattr(self, name)!r}")
+
+
+@dataclass
+class SampleConfig:
+    """``alignloop sample``: K completions per prompt from one policy, for a ranking campaign."""
+
+    k: int = 4  # the paper's K = 4..9 (2..3 for best-pick campaigns)
+    seed: int = 0
+    dtype: str = "float32"
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(temperature=1.0))  # diverse K
+
+    def validate(self) -> None:
+        if not 2 <= self.k <= 9:
+            raise ValueError(f"k: completions per prompt must be 2..9 (a ranking campaign takes 4..9), got {self.k}")
+        self.generation.validate()
 
 
 @dataclass
@@ -417,13 +433,32 @@ class LoopConfig:
             raise ValueError(f"stop_metric: only gold_win_rate is supported, got {self.stop_metric!r}")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``lr: 1e-4`` is a number, not the string "1e-4"
+    (YAML 1.1, which PyYAML follows, wants ``1.0e-4``; nobody writes that)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML mapping, with a clear error for a missing file or bad syntax."""
     p = Path(path)
     if not p.exists():
         raise AlignloopError(f"config file {p} does not exist", "check the path")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         raise AlignloopError(f"{p}: invalid YAML: {err}") from None
     if data is None:
@@ -445,6 +480,20 @@ def load_config(path: str | os.PathLike[str] | None, cls: type[T] = LoopConfig) 
         raise AlignloopError(f"{path}: {err.message}", err.hint) from None
 
 
+def _check_same_stage(saved: Path, cls: type, stage: str) -> None:
+    """A clear error when ``--resume`` points at another stage's run folder (instead of "unknown key")."""
+    keys = set(load_yaml(saved))
+    if keys <= {f.name for f in dataclasses.fields(cls)}:
+        return
+    stages = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "bon": BoNConfig}
+    other = next((name for name, c in stages.items() if keys <= {f.name for f in dataclasses.fields(c)}), None)
+    what = f"a {other} run" if other else "a run of another stage"
+    raise AlignloopError(
+        f"cannot resume {saved.parent} as a {stage} run: it holds {what} (see its config.yaml)",
+        f"resume it with `alignloop {other or '<its stage>'} ... --resume`, or give this {stage} run a new --out",
+    )
+
+
 def load_stage_config(
     path: str | os.PathLike[str] | None,
     cls: type[T],
@@ -461,6 +510,7 @@ def load_stage_config(
     = not given; ``model`` names the model). A bad value is an error naming the stage and field."""
     saved = Path(run_dir) / "config.yaml" if run_dir is not None else None
     if resume and path is None and saved is not None and saved.exists():
+        _check_same_stage(saved, cls, stage)
         cfg = load_config(saved, cls)
     elif path is None:
         cfg = cls()

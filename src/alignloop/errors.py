@@ -15,3 +15,16 @@ class AlignloopError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(message if hint is None else f"{message} ({hint})")
+
+
+class TrainingInterrupted(Exception):
+    """A run stopped on SIGINT/SIGTERM after writing its checkpoint at ``step``; ``--resume`` continues it.
+
+    Not an error of the user's making: the CLI prints where the run stopped and how to resume, and
+    exits 130 (the shell's status for Ctrl-C) so ``sft && rm train`` does not carry on.
+    """
+
+    def __init__(self, step: int, run_dir: object = None) -> None:
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+        self.run_dir = run_dir

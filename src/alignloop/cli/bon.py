@@ -53,7 +53,10 @@ def register(app: typer.Typer) -> None:
         if not records:
             raise AlignloopError(f"{prompts} holds no prompts", "give a JSONL file of prompt records")
         if finetune:
-            result, sft_result = rejection_sampling_finetune(cfg, records, scorer, out, resume=resume)
+            from alignloop.train.checkpoint import stop_on_signal
+
+            with stop_on_signal():  # Ctrl-C / SIGTERM in fine-tuning: checkpoint, "resume with ...", exit 130
+                result, sft_result = rejection_sampling_finetune(cfg, records, scorer, out, resume=resume)
             typer.echo(f"fine-tuned on {len(result.prompts)} best-of-{cfg.n} samples: {sft_result.best_dir}")
         else:
             result = sample_best_of_n(cfg, records, scorer)

@@ -83,6 +83,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Win rates (RM, gold, human judges), Likert/metadata, TruthfulQA, hallucination, toxicity, bias,
         alignment tax, red teaming and over-optimisation; one JSON per evaluation in --out."""
+        from alignloop.evaluate.headlines import headline_rows
         from alignloop.evaluate.suite import EvalPlan, run
 
         cfg = load_eval_config(config)
@@ -124,6 +125,15 @@ def register(app: typer.Typer) -> None:
             seed=seed,
         )
         written = run(plan, log=lambda msg: typer.echo(msg, err=True))
+        rows = headline_rows(written)
+        if rows:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table("evaluation", "policy", "value", "detail", title="headline figures")
+            for r in rows:
+                table.add_row(*r)
+            Console(width=max(120, Console().width)).print(table)
         for kind, path in written.items():
             typer.echo(f"{kind}: {path}")
         typer.echo(f"next: alignloop report {out}")

@@ -36,6 +36,26 @@ def _client(server: str, token: str | None):
     return FeedbackClient(server, token)
 
 
+def _wait_for(server: str, seconds: float) -> None:
+    """Poll the service's /healthz until it answers (``alignloop serve ... &`` takes a few seconds)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{server.rstrip('/')}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AlignloopError(
+                f"the feedback service at {server} did not answer within {seconds:g} s", "is it running?"
+            )
+        time.sleep(0.25)
+
+
 def _campaign_id(client: Any, ref: str) -> int:
     for c in client.campaigns():
         if c["name"] == ref or str(c["id"]) == ref:
@@ -77,6 +97,68 @@ def _read_items(path: Path) -> list[dict[str, Any]]:
     return items
 
 
+PASSWORD_FILE = typer.Option(None, "--password-file", help="Read the password from the first line of this file.")
+ASK_PASSWORD = typer.Option(False, "--ask-password", help="Prompt for the password (hidden, asked twice).")
+PASSWORD = typer.Option(
+    None, "--password", help="The password itself (lands in shell history: prefer --ask-password or --password-file)."
+)
+
+
+def _ask_password() -> str:
+    """Prompt twice on a terminal; otherwise read exactly one line of standard input, byte by byte, so
+    a script can feed several commands their passwords from one stream (Python's buffered stdin would
+    swallow the next command's line)."""
+    import os
+    import sys
+
+    if sys.stdin is not None and sys.stdin.isatty():
+        return typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's stream): read a line
+        text = sys.stdin.readline().rstrip("\r\n") if sys.stdin is not None else ""
+    else:
+        line = bytearray()
+        while (ch := os.read(fd, 1)) not in (b"", b"\n"):
+            line += ch
+        text = line.decode("utf-8").rstrip("\r")
+    if not text:
+        raise AlignloopError("--ask-password: no password on standard input", "type it at a terminal, or pipe one line")
+    return text
+
+
+def read_password(password: str | None, password_file: Path | None, ask: bool) -> str | None:
+    """The password from exactly one of --password, --password-file, --ask-password (or None)."""
+    given = [
+        name for name, v in (("--password", password), ("--password-file", password_file), ("--ask-password", ask)) if v
+    ]
+    if len(given) > 1:
+        raise AlignloopError(f"give one of {', '.join(given)}", "they are three ways to give the same password")
+    if password_file is not None:
+        if not password_file.exists():
+            raise AlignloopError(f"{password_file}: no such file", "write the password on its first line")
+        lines = password_file.read_text(encoding="utf-8").splitlines()
+        password = lines[0] if lines else ""
+        if not password:
+            raise AlignloopError(f"{password_file}: the first line is empty", "write the password on its first line")
+    elif ask:
+        password = _ask_password()
+    elif password is not None:
+        typer.secho(
+            "note: a password on the command line lands in your shell history; "
+            "use --ask-password or --password-file next time",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    if password is not None and len(password) < 8:
+        raise AlignloopError("password: at least 8 characters", "choose a longer one")
+    return password
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -102,36 +184,55 @@ def register(app: typer.Typer) -> None:
     @admin.command("create")
     def admin_create(
         username: str = typer.Argument(..., help="The admin's user name."),
-        password: str = typer.Option(None, "--password", help="Also allow password login (at /login)."),
+        password: str = PASSWORD,
+        password_file: Path = PASSWORD_FILE,
+        ask_password: bool = ASK_PASSWORD,
+        token_file: Path = typer.Option(
+            None, "--token-file", help="Write the API token to this file (mode 600) instead of printing it."
+        ),
         config: Path = CONFIG,
         db: str = DB,
     ) -> None:
-        """Make an admin (the first one too) and print how to log in."""
+        """Make an admin (the first one too) and print how to log in: an API token always, web login with a password."""
         from alignloop.feedback.accounts import create_admin
         from alignloop.feedback.db import migrate
 
+        password = read_password(password, password_file, ask_password)
         cfg = feedback_config(config, db)
         migrate(cfg.database_url)
         new = create_admin(cfg.database_url, username, password, token=True)
         url = f"http://{cfg.host}:{cfg.port}"
-        typer.echo(f"admin {new.username!r} created.")
-        typer.echo(f"  API token (shown once): {new.token}")
-        typer.echo(f"  use it: export ALIGNLOOP_FEEDBACK_TOKEN={new.token}")
+        typer.echo(f"admin {new.username!r} created in {cfg.database_url}")
+        if token_file is not None:
+            token_file.parent.mkdir(parents=True, exist_ok=True)
+            token_file.write_text(f"{new.token}\n", encoding="utf-8")
+            token_file.chmod(0o600)
+            typer.echo(
+                f"  API token written to {token_file}; use it: export ALIGNLOOP_FEEDBACK_TOKEN=$(cat {token_file})"
+            )
+        else:
+            typer.echo(f"  API token (shown once): {new.token}")
+            typer.echo(f"  use it: export ALIGNLOOP_FEEDBACK_TOKEN={new.token}")
         if password:
-            typer.echo(f"  or log in at {url}/login as {new.username} with your password")
-        typer.echo(f"  start the service: alignloop serve --db {cfg.database_url}")
+            typer.echo(f"  web console: log in at {url}/login as {new.username} with your password")
+        else:
+            typer.echo("  no password given: no web login for this admin (add one: --ask-password when creating)")
+        typer.echo(f"  start the service on this database: alignloop serve --db {cfg.database_url}")
 
     @users.command("create")
     def user_create(
         username: str = typer.Argument(...),
         role: str = typer.Option("labeler", "--role", help="labeler or admin."),
         group_name: str = typer.Option(None, "--group", help="Labeler group (create it with `user group`)."),
-        password: str = typer.Option(None, "--password", help="Password for the labeling pages."),
+        password: str = PASSWORD,
+        password_file: Path = PASSWORD_FILE,
+        ask_password: bool = ASK_PASSWORD,
         with_token: bool = typer.Option(False, "--with-token", help="Also create an API token (printed once)."),
         server: str = SERVER,
         token: str = TOKEN,
     ) -> None:
-        """Create a labeler (or another admin)."""
+        """Create a labeler (or another admin); a password lets them log in to the labeling pages."""
+        password = read_password(password, password_file, ask_password)
         out = _client(server, token).create_user(username, role, password, group_name, with_token)
         typer.echo(
             f"{out['role']} {out['username']!r} created" + (f"; API token: {out['token']}" if "token" in out else "")
@@ -162,6 +263,9 @@ def register(app: typer.Typer) -> None:
         rules: list[str] = typer.Option(None, "--rule", help="A written rule (rule_violations; repeat)."),
         screening: bool = typer.Option(False, "--screening", help="A gold set for screening labelers."),
         screened_only: bool = typer.Option(False, "--screened-only", help="Only labelers who passed screening."),
+        rate_completions: bool = typer.Option(
+            False, "--rate-completions", help="Labelers rate every completion (Likert + flags) before ranking."
+        ),
         assign: bool = typer.Option(True, "--assign/--no-assign", help="Assign the items right away."),
         groups: list[str] = typer.Option(None, "--group", help="Assign only to these labeler groups (repeat)."),
         server: str = SERVER,
@@ -186,6 +290,7 @@ def register(app: typer.Typer) -> None:
                 rules=list(rules or []),
                 screening=screening,
                 screened_only=screened_only,
+                **({"rate_completions": True} if rate_completions else {}),
                 items=items,  # one transaction: a rejected item leaves no empty campaign behind
             )
             cid = up["id"]
@@ -231,8 +336,14 @@ def register(app: typer.Typer) -> None:
         console.print(table)
 
     @group.command("status")
-    def status(server: str = SERVER, token: str = TOKEN) -> None:
-        """Campaigns and their progress."""
+    def status(
+        server: str = SERVER,
+        token: str = TOKEN,
+        wait: float = typer.Option(0, "--wait", help="Wait up to this many seconds for the service to answer."),
+    ) -> None:
+        """Campaigns and their progress (--wait: first wait for a service that is starting)."""
+        if wait > 0:
+            _wait_for(server, wait)
         table = Table("id", "campaign", "form", "items", "pending", "done", "skipped")
         for c in _client(server, token).campaigns():
             a = c["assignments"]
@@ -253,7 +364,9 @@ def register(app: typer.Typer) -> None:
         pa = ag.get("pairwise_agreement")
         if pa:
             typer.echo(f"pairwise agreement {_pct(pa['rate'])} +- {_pct(pa['stderr'])} ({pa['n_judgments']} judgments)")
-            typer.echo(f"Fleiss' kappa {ag['fleiss_kappa']}, Krippendorff's alpha {ag['krippendorff_alpha']}")
+            typer.echo(
+                f"Fleiss' kappa {_num(ag['fleiss_kappa'])}, Krippendorff's alpha {_num(ag['krippendorff_alpha'])}"
+            )
         else:
             typer.echo(ag.get("note", "no overlapping labels yet"))
         table = Table("labeler", "with others", "with gold", "outlier")

@@ -14,8 +14,11 @@ import warnings
 
 import typer
 
-from alignloop.errors import AlignloopError
+from alignloop.errors import AlignloopError, TrainingInterrupted
 
+# Library progress bars ("Loading weights", "Writing model shards") would interleave with our own,
+# which show the stage's metrics; huggingface_hub's switch silences transformers' bars too.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # peft asks transformers a deprecated question on every LoRA wrap; nothing a user can act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
@@ -28,6 +31,7 @@ COMMAND_MODULES = (
     "sft",
     "rm",
     "bon",
+    "sample",
     "ppo",
     "serve",
     "feedback",
@@ -58,6 +62,16 @@ for _name in COMMAND_MODULES:
         importlib.import_module(_mod).register(app)
 
 
+def resume_command(argv: list[str] | None = None) -> str:
+    """The command line that continues an interrupted run: the same one, with ``--resume``."""
+    import shlex
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return "alignloop " + shlex.join(args)
+
+
 def main() -> None:
     """Console-script entry: run the app, turning user errors into one clear line."""
     debug = "--debug" in sys.argv[1:]
@@ -68,6 +82,10 @@ def main() -> None:
             raise
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise SystemExit(2) from None
+    except TrainingInterrupted as err:
+        line = f"interrupted at step {err.step}; resume with: {resume_command()}"
+        typer.secho(line, fg=typer.colors.YELLOW, err=True)
+        raise SystemExit(130) from None
     except KeyboardInterrupt:
         typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
         raise SystemExit(130) from None

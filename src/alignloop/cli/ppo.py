@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
     ) -> None:
         """Optimise the policy against the reward model with PPO (KL penalty to the SFT policy)."""
+        from alignloop.train.checkpoint import stop_on_signal
         from alignloop.train.ppo import iterate_texts, train_ppo
 
         cfg = load_stage_config(config, PPOConfig, "ppo", run_dir=out, resume=resume, total_episodes=episodes)
@@ -64,7 +65,8 @@ def register(app: typer.Typer) -> None:
         texts = list(iterate_texts(ptx)) if ptx is not None else None
         if cfg.gamma_ptx > 0 and not texts:
             raise AlignloopError("ppo.gamma_ptx > 0 needs a pretraining corpus", "pass --ptx FILE")
-        result = train_ppo(cfg, policy, rm, read_prompts(prompts), out, ptx_texts=texts, resume=resume)
+        with stop_on_signal():  # Ctrl-C / SIGTERM: checkpoint, "resume with ...", exit 130
+            result = train_ppo(cfg, policy, rm, read_prompts(prompts), out, ptx_texts=texts, resume=resume)
         last = result.metrics[-1] if result.metrics else {}
         if last and result.is_main:
             typer.echo(

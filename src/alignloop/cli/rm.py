@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
     ) -> None:
         """Train a reward model with all C(K,2) comparisons of a prompt as one batch element."""
+        from alignloop.train.checkpoint import stop_on_signal
         from alignloop.train.reward import train_reward_model
 
         cfg = load_stage_config(config, RMConfig, "rm", run_dir=out, resume=resume, model=model, epochs=epochs, lr=lr)
@@ -60,7 +61,8 @@ def register(app: typer.Typer) -> None:
             typer.secho(
                 "note: no --demos given, the reward is not normalised (bias 0)", fg=typer.colors.YELLOW, err=True
             )
-        res = train_reward_model(cfg, rankings, out, val=val_rankings, demos=demo_records, resume=resume)
+        with stop_on_signal():  # Ctrl-C / SIGTERM: checkpoint, "resume with ...", exit 130
+            res = train_reward_model(cfg, rankings, out, val=val_rankings, demos=demo_records, resume=resume)
         line = f"reward model: {res.model_dir}  ({res.steps} steps, {res.train_seconds:.1f} s training)"
         if res.val:
             line += f"  held-out pairwise accuracy {_percent(res.val['val/accuracy'])}, loss {res.val['val/loss']:.4f}"

@@ -30,7 +30,9 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(None, "--config", help="YAML with the feedback stage (or a whole loop config)."),
         db: str = typer.Option(None, "--db", help="Database URL: sqlite:///file.db or postgresql+psycopg://..."),
         host: str = typer.Option(None, "--host", help="Interface to listen on (default: feedback.host)."),
-        port: int = typer.Option(None, "--port", help="Port (default: feedback.port)."),
+        port: int = typer.Option(
+            None, "--port", envvar="ALIGNLOOP_FEEDBACK_PORT", help="Port (default: feedback.port)."
+        ),
         workers: int = typer.Option(
             1, "--workers", min=1, help="Worker processes, each with its own DB pool (2 or more for PostgreSQL)."
         ),
@@ -41,6 +43,7 @@ def register(app: typer.Typer) -> None:
 
         import uvicorn
 
+        from alignloop.feedback.accounts import count_admins
         from alignloop.feedback.app import ENV_CONFIG, ENV_DATABASE
         from alignloop.feedback.db import migrate
 
@@ -51,8 +54,14 @@ def register(app: typer.Typer) -> None:
         os.environ[ENV_DATABASE] = cfg.database_url
         os.environ[ENV_CONFIG] = json.dumps(dataclasses.asdict(cfg))  # limits and throttling reach the workers
         typer.echo(f"alignloop feedback service on http://{host}:{port} (schema {revision}, {workers} worker(s))")
+        typer.echo(f"  database: {cfg.database_url}")
         typer.echo(f"  labelers and admins log in at http://{host}:{port}/login; API docs at /api/docs")
-        typer.echo("  no admin yet? alignloop feedback admin create NAME --db ...")
+        if count_admins(cfg.database_url) == 0:
+            typer.secho(
+                f"  this database has no admin yet: alignloop feedback admin create NAME --db {cfg.database_url}"
+                " (the same --db as here)",
+                fg=typer.colors.YELLOW,
+            )
         uvicorn.run(
             "alignloop.feedback.app:app_from_env",
             factory=True,

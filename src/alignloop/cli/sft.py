@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         from alignloop.data.jsonl import read_jsonl
         from alignloop.data.records import Demonstration
         from alignloop.models.scoring import scorer_from_options
+        from alignloop.train.checkpoint import stop_on_signal
         from alignloop.train.sft import train_sft
 
         cfg = load_stage_config(
@@ -46,7 +47,8 @@ def register(app: typer.Typer) -> None:
         scorer = scorer_from_options(rm, judge)
         if scorer is not None and not val_demos:
             raise AlignloopError("--rm/--judge score validation samples, but no --val was given", "add --val VAL.jsonl")
-        res = train_sft(cfg, train, val_demos, out, scorer=scorer, resume=resume)
+        with stop_on_signal():  # Ctrl-C / SIGTERM: checkpoint, "resume with ...", exit 130
+            res = train_sft(cfg, train, val_demos, out, scorer=scorer, resume=resume)
         typer.echo(f"trained {res.steps} steps; final model: {res.final_dir}")
         if res.best_step is not None:
             typer.echo(f"kept model: {res.best_dir} (step {res.best_step}, {res.best_metric} = {res.best_value:.4f})")

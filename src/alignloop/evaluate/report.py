@@ -151,23 +151,50 @@ class Plotter:
         return self._finish(fig, name, title)
 
     def training_curves(self, name: str, title: str, rows: list[dict[str, Any]]) -> dict:
-        """PPO's RM score, KL and (when logged) gold score per iteration, against episodes seen."""
+        """PPO per iteration against episodes seen: RM score, KL, gold score, entropy, value loss, clip
+        fraction and response length (each panel only when its metric was logged)."""
         panels = [
-            ("reward model score", {"normalised": "rm_score", "raw": "rm_score_raw"}),
-            ("KL(policy || SFT) per response", {"k1": "kl", "k3": "kl_k3"}),
-            ("gold score (hidden utility)", {"gold": "score_gold"}),
+            ("reward model score", "score", {"normalised": "rm_score", "raw": "rm_score_raw"}),
+            ("KL(policy || SFT) per response", "nats", {"k1": "kl", "k3": "kl_k3"}),
+            ("gold score (hidden utility)", "score", {"gold": "score_gold"}),
+            ("policy entropy per token", "nats", {"entropy": "entropy"}),
+            ("value loss", "squared error", {"value loss": "value_loss"}),
+            ("clip fraction", "share of tokens", {"policy": "clipfrac", "value": "vf_clipfrac"}),
+            ("response length", "tokens", {"length": "response_length"}),
         ]
-        panels = [(t, keys) for t, keys in panels if any(k in r for r in rows for k in keys.values())]
-        fig, axes = self.plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
-        for ax, (panel_title, keys) in zip(axes[0], panels, strict=True):
+        return self.metric_panels(name, title, rows, panels, "episodes", "episodes seen")
+
+    def metric_panels(
+        self,
+        name: str,
+        title: str,
+        rows: list[dict[str, Any]],
+        panels: Sequence[tuple[str, str, dict[str, str]]],
+        xkey: str = "step",
+        xlabel: str = "optimizer step",
+    ) -> dict:
+        """A grid of line plots, one per (title, y label, {legend label: metric key}) panel that has data."""
+        panels = [
+            (t, y, keys) for t, y, keys in panels if any(r.get(k) is not None for r in rows for k in keys.values())
+        ]
+        cols = min(4, max(1, len(panels)))
+        n_rows = -(-len(panels) // cols) or 1
+        fig, axes = self.plt.subplots(n_rows, cols, figsize=(3.7 * cols, 3.2 * n_rows), squeeze=False)
+        flat = [ax for row in axes for ax in row]
+        for ax, (panel_title, ylabel, keys) in zip(flat, panels, strict=False):
             for label, key in keys.items():
-                pts = [(r.get("episodes", r.get("step")), r[key]) for r in rows if r.get(key) is not None]
+                pts = [(r.get(xkey, r.get("step")), r[key]) for r in rows if r.get(key) is not None]
                 if pts:
-                    ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=label)
+                    ax.plot(*zip(*pts, strict=True), marker="o" if len(pts) < 40 else None, ms=3, label=label)
             ax.set_title(panel_title, fontsize=10)
-            ax.set_xlabel("episodes")
+            ax.set_xlabel(xlabel, fontsize=9)
+            ax.set_ylabel(ylabel, fontsize=9)
+            ax.tick_params(labelsize=8)
+            ax.grid(alpha=0.3)
             if len(ax.lines) > 1:
                 ax.legend(fontsize=8)
+        for ax in flat[len(panels) :]:
+            ax.axis("off")
         fig.suptitle(title)
         return self._finish(fig, name, title)
 
@@ -593,8 +620,9 @@ def _training_section(ppo_runs: list[Path], plot: Plotter) -> Section:
         "ppo-training",
         "PPO training",
         "Per PPO iteration: the reward model's score of the rollouts (normalised as PPO saw it, and raw), the KL "
-        "to the SFT policy summed over the response (k1, and the k3 estimator), and the gold score of the same "
-        "rollouts where it was logged.",
+        "to the SFT policy summed over the response (k1, and the k3 estimator), the gold score of the same "
+        "rollouts where it was logged, the policy's entropy per token, the value loss, the share of tokens whose "
+        "ratio was clipped (policy and value) and the mean response length.",
     )
     for path in ppo_runs:
         rows = read_metrics(path)
@@ -638,6 +666,49 @@ def _rounds_section(run: Path) -> Section | None:
              m.get("kl_to_sft"), verdict]
         )  # fmt: skip
     sec.table(["round", "stage", "RM accuracy", "RM accuracy, held-out group", *judges, "KL to SFT", "decision"], rows)
+    return sec
+
+
+SFT_PANELS = (
+    ("loss on response tokens", "cross-entropy (nats/token)", {"train": "train/loss", "validation": "val/loss"}),
+    ("validation score of samples", "score", {"validation": "val/score"}),
+    ("learning rate", "lr", {"lr": "train/lr"}),
+)
+RM_PANELS = (
+    ("pairwise loss", "-log sigma(r_w - r_l)", {"train": "train/loss", "validation": "val/loss"}),
+    ("pairwise accuracy", "share of pairs", {"train": "train/accuracy", "validation": "val/accuracy"}),
+    ("reward margin r_w - r_l", "reward", {"train": "train/margin", "validation": "val/margin"}),
+)
+
+
+def find_training_runs(run_dir: Path) -> list[tuple[str, Path]]:
+    """("sft" | "rm", folder) of every SFT and reward-model run under ``run_dir`` (by what metrics.jsonl logs)."""
+    from alignloop.train.runlog import read_metrics
+
+    found = []
+    for p in sorted(run_dir.rglob("metrics.jsonl")):
+        rows = read_metrics(p.parent)
+        keys = {k for r in rows for k in r}
+        if "kl" in keys or "train/loss" not in keys:
+            continue
+        found.append(("rm" if "train/accuracy" in keys else "sft", p.parent))
+    return sorted(found, key=lambda f: (f[0] != "sft", str(f[1])))  # the loop's order: SFT, then the RM
+
+
+def _sft_rm_section(runs: list[tuple[str, Path]], plot: Plotter) -> Section:
+    from alignloop.train.runlog import read_metrics
+
+    sec = Section(
+        "training",
+        "SFT and reward model training",
+        "Per optimizer step: the SFT loss on response tokens (and validation loss / sample score at each epoch "
+        "end), and the reward model's pairwise loss, accuracy and margin on training and held-out comparisons.",
+    )
+    for kind, path in runs:
+        rows = read_metrics(path)
+        panels = SFT_PANELS if kind == "sft" else RM_PANELS
+        title = f"{'SFT' if kind == 'sft' else 'reward model'} run {path}"
+        sec.blocks.append(plot.metric_panels(f"{kind}-training", title, rows, panels))
     return sec
 
 
@@ -708,6 +779,9 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     rounds = _rounds_section(run)
     if rounds is not None:
         sections.append(rounds)
+    training_runs = find_training_runs(run)
+    if training_runs:
+        sections.append(_sft_rm_section(training_runs, plot))
     if ppo_runs:
         sections.append(_training_section(ppo_runs, plot))
     if results.get("overoptimization") or ppo_runs:

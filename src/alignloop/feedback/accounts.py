@@ -83,3 +83,15 @@ def create_admin(database_url: str, username: str, password: str | None = None, 
         return new
     finally:
         db.dispose()
+
+
+def count_admins(database_url: str) -> int:
+    """Active admins in a (migrated) database: ``serve`` warns when there is none to log in with."""
+    from sqlalchemy import func
+
+    db = Database(database_url, pool_size=1)
+    try:
+        with db.read() as s:
+            return s.scalar(select(func.count()).select_from(User).where(User.role == "admin", User.active)) or 0
+    finally:
+        db.dispose()

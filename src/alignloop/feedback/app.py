@@ -22,7 +22,17 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alignloop.config import FeedbackConfig
-from alignloop.feedback import auth, db, edge, pages, routes_admin, routes_labeler, routes_people
+from alignloop.feedback import (
+    api_docs,
+    auth,
+    db,
+    edge,
+    pages,
+    routes_admin,
+    routes_console,
+    routes_labeler,
+    routes_people,
+)
 from alignloop.feedback.throttle import Throttle, throttled_login
 
 ENV_DATABASE = "ALIGNLOOP_FEEDBACK_DB"
@@ -46,7 +56,8 @@ def create_app(config: FeedbackConfig | None = None, *, migrate: bool = True) ->
     app = edge.FeedbackApp(
         title="alignloop feedback service",
         version="1",
-        docs_url="/api/docs",
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: served offline by api_docs instead
+        redoc_url=None,
         openapi_url="/api/openapi.json",
         lifespan=lifespan,
     )
@@ -97,6 +108,9 @@ def create_app(config: FeedbackConfig | None = None, *, migrate: bool = True) ->
     app.include_router(routes_labeler.router)
     app.include_router(routes_people.router)
     app.include_router(routes_admin.router)
+    api_docs.mount(app)
+    app.include_router(routes_console.pages)  # before pages.router: /admin/campaigns/new is not a campaign id
+    app.include_router(routes_console.actions)
     app.include_router(pages.router)
     static = resources.files("alignloop.feedback") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

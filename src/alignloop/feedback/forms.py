@@ -25,12 +25,14 @@ TASK_TYPES: dict[str, tuple[int, int]] = {
 #: The answer fields each task type accepts (the first group is required).
 FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "demonstration": (("text",), ()),
-    "ranking": (("order",), ("ties",)),
-    "best_pick": (("best",), ()),
+    "ranking": (("order",), ("ties", "ratings")),
+    "best_pick": (("best",), ("ratings",)),
     "thumbs": (("up",), ()),
     "rating": (("likert",), ("flags",)),
-    "rule_violations": (("order", "violations"), ("ties",)),
+    "rule_violations": (("order", "violations"), ("ties", "ratings")),
 }
+#: Forms that show several completions side by side; their campaigns may rate each one before ranking.
+RATEABLE = ("ranking", "best_pick", "rule_violations")
 SKIP_REASONS = ("intent unclear", "not enough context", "offensive or harmful prompt", "other")
 MAX_TEXT = 20_000
 
@@ -87,8 +89,46 @@ def _ranking(k: int, answer: dict[str, Any], allow_ties: bool) -> tuple[list[int
     return order, ties
 
 
-def check_answer(task_type: str, k: int, answer: dict[str, Any], allow_ties: bool, rules: list[str]) -> dict[str, Any]:
-    """The stored payload for ``answer`` to a ``task_type`` task with ``k`` completions."""
+def _rating(answer: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """A Likert 1-7 score plus the metadata flags (all flags stored, unticked = false)."""
+    if not isinstance(answer, dict):
+        raise FormError(f"{where or 'answer'}: expected an object with likert and flags")
+    extra = sorted(set(answer) - {"likert", "flags"})
+    if extra:
+        raise FormError(f"{where}{extra[0]:.60}: not part of a rating (expected likert, flags)")
+    likert, flags = answer.get("likert"), answer.get("flags") or {}
+    if not isinstance(likert, int) or isinstance(likert, bool) or not 1 <= likert <= 7:
+        raise FormError(f"{where}likert: must be an integer from 1 to 7, got {likert!r:.40}")
+    if not isinstance(flags, dict) or not all(isinstance(v, bool) for v in flags.values()):
+        raise FormError(f"{where}flags: expected a mapping of flag name to true/false")
+    unknown = sorted(set(flags) - set(METADATA_FLAGS))
+    if unknown:
+        raise FormError(f"{where}flags: unknown flag {unknown[0]!r:.60} (known: {', '.join(METADATA_FLAGS)})")
+    return {"likert": likert, "flags": {f: bool(flags.get(f, False)) for f in METADATA_FLAGS}}
+
+
+def _ratings(k: int, answer: dict[str, Any], rate: bool | None) -> dict[str, Any]:
+    """The per-completion ratings of a ranking-like answer: required when ``rate`` is True,
+    refused when False, optional when None (gold answers)."""
+    ratings = answer.get("ratings")
+    if ratings is None:
+        if rate:
+            raise FormError(f"ratings: this campaign rates every completion first; give {k} ratings (likert, flags)")
+        return {}
+    if rate is False:
+        raise FormError("ratings: this campaign does not rate completions; leave ratings out")
+    if not isinstance(ratings, list) or len(ratings) != k:
+        raise FormError(f"ratings: expected one rating per completion ({k}), indexed by completion")
+    return {"ratings": [_rating(r, f"ratings[{i}].") for i, r in enumerate(ratings)]}
+
+
+def check_answer(
+    task_type: str, k: int, answer: dict[str, Any], allow_ties: bool, rules: list[str], rate: bool | None = None
+) -> dict[str, Any]:
+    """The stored payload for ``answer`` to a ``task_type`` task with ``k`` completions.
+
+    ``rate`` is the campaign's ``rate_completions`` for ranking-like forms (see :func:`_ratings`).
+    """
     required, optional = FIELDS[task_type]
     extra = sorted(set(answer) - set(required) - set(optional))
     if extra:
@@ -105,26 +145,18 @@ def check_answer(task_type: str, k: int, answer: dict[str, Any], allow_ties: boo
         return {"text": text}
     if task_type == "ranking":
         order, ties = _ranking(k, answer, allow_ties)
-        return {"order": order, "ties": ties}
+        return {"order": order, "ties": ties} | _ratings(k, answer, rate)
     if task_type == "best_pick":
         best = answer["best"]
         if not isinstance(best, int) or isinstance(best, bool) or not 0 <= best < k:
             raise FormError(f"best: must be a completion index from 0 to {k - 1}, got {best!r:.40}")
-        return {"best": best}
+        return {"best": best} | _ratings(k, answer, rate)
     if task_type == "thumbs":
         if not isinstance(answer["up"], bool):
             raise FormError(f"up: must be true (thumbs up) or false (thumbs down), got {answer['up']!r:.40}")
         return {"up": answer["up"]}
     if task_type == "rating":
-        likert, flags = answer["likert"], answer.get("flags") or {}
-        if not isinstance(likert, int) or isinstance(likert, bool) or not 1 <= likert <= 7:
-            raise FormError(f"likert: must be an integer from 1 to 7, got {likert!r:.40}")
-        if not isinstance(flags, dict) or not all(isinstance(v, bool) for v in flags.values()):
-            raise FormError("flags: expected a mapping of flag name to true/false")
-        unknown = sorted(set(flags) - set(METADATA_FLAGS))
-        if unknown:
-            raise FormError(f"flags: unknown flag {unknown[0]!r:.60} (known: {', '.join(METADATA_FLAGS)})")
-        return {"likert": likert, "flags": {f: bool(flags.get(f, False)) for f in METADATA_FLAGS}}
+        return _rating(answer)
     # rule_violations
     order, ties = _ranking(k, answer, allow_ties)
     violations = answer["violations"]
@@ -136,7 +168,8 @@ def check_answer(task_type: str, k: int, answer: dict[str, Any], allow_ties: boo
         unknown = sorted(set(v) - set(rules))
         if unknown:
             raise FormError(f"violations[{i}]: unknown rule {unknown[0]!r:.60} (this campaign's rules: {rules})")
-    return {"order": order, "ties": ties, "violations": [sorted(set(v)) for v in violations]}
+    out = {"order": order, "ties": ties, "violations": [sorted(set(v)) for v in violations]}
+    return out | _ratings(k, answer, rate)
 
 
 def best_pick_ranking(best: int, k: int) -> tuple[list[int], list[list[int]]]:
@@ -159,7 +192,9 @@ def ranks_of(task_type: str, payload: dict[str, Any], k: int) -> list[int] | Non
 def to_record(task_type: str, item: Any, payload: dict[str, Any], labeler: str) -> Any:
     """The alignloop record for one label (``item`` has prompt_id, prompt, category, completions, sources)."""
     comps = list(item.completions)
-    meta = {"category": item.category}
+    meta: dict[str, Any] = {"category": item.category}
+    if "ratings" in payload:  # per-completion Likert + flags given before ranking, indexed by completion
+        meta["ratings"] = payload["ratings"]
     if task_type == "demonstration":
         return Demonstration(item.prompt_id, item.prompt, payload["text"], labeler, item.category)
     if task_type in ("ranking", "best_pick"):

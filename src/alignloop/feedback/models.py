@@ -87,6 +87,8 @@ class Campaign(Base):
     rules: Mapped[list[Any]] = mapped_column(JSON, default=list)
     screening: Mapped[bool] = mapped_column(Boolean, default=False)
     screened_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: ranking-like forms: rate every completion (Likert + flags) before ranking (InstructGPT's interface)
+    rate_completions: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

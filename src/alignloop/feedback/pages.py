@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from alignloop.data.records import METADATA_FLAGS
 from alignloop.errors import AlignloopError
-from alignloop.feedback import auth
+from alignloop.feedback import auth, progress
 from alignloop.feedback.edge import Id
 from alignloop.feedback.export import select_campaigns
 from alignloop.feedback.models import Campaign, LabelerGroup, User
@@ -149,11 +149,14 @@ def task_page(assignment_id: Id, request: Request) -> Response:
         task = load_task(request, user, assignment_id)
     except HTTPException as err:
         return render(request, "error.html", err.status_code, user=user, message=err.detail)
+    with request.app.state.db.read() as s:
+        mine = progress.labeler_progress(s, user.user_id)
     return render(
         request,
         "task.html",
         user=user,
         t=task,
+        progress=mine,
         letters=LETTERS,
         flag_text=FLAG_TEXT,
     )
@@ -173,6 +176,7 @@ def admin_page(request: Request) -> Response:
         user=user,
         campaigns=campaigns,
         users=users,
+        nav="overview",
     )
 
 
@@ -191,8 +195,8 @@ def campaign_page(campaign_id: Id, request: Request) -> Response:
         agreement: dict[str, Any] | None
         ratings: dict[str, Any] | None = None
         note = ""
-        try:
-            agreement = analysis.campaign_agreement(s, c)
+        try:  # with the screening bar, 2 labelers can be flagged too (the robust cut needs 3)
+            agreement = analysis.campaign_agreement(s, c, request.app.state.config.screening_threshold)
         except AlignloopError as err:
             agreement, note = None, str(err)
         if c.task_type in analysis.RANKING_LIKE:
@@ -208,4 +212,5 @@ def campaign_page(campaign_id: Id, request: Request) -> Response:
         agreement=agreement,
         ratings=ratings,
         note=note,
+        nav="agreement",
     )

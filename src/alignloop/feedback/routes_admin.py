@@ -22,7 +22,7 @@ from alignloop.feedback import auth
 from alignloop.feedback.assignment import assign, eligible_labelers
 from alignloop.feedback.edge import Id, clip
 from alignloop.feedback.export import export_records, select_campaigns, to_rows
-from alignloop.feedback.forms import MAX_TEXT, TASK_TYPES, FormError, check_answer, check_item
+from alignloop.feedback.forms import MAX_TEXT, RATEABLE, TASK_TYPES, FormError, check_answer, check_item
 from alignloop.feedback.models import Assignment, Campaign, Item, Label, User
 from alignloop.feedback.routes_people import Strict, group_id
 
@@ -59,6 +59,7 @@ class CampaignIn(Strict):
     screened_only: bool = False
     # Items to store with the campaign in the same transaction: a push is all or nothing.
     items: list[ItemIn] | None = Field(None, max_length=10_000)
+    rate_completions: bool = False  # ranking-like forms: Likert + flags for every completion first
 
 
 class ItemsIn(Strict):
@@ -93,6 +94,7 @@ def campaign_dict(s, c: Campaign) -> dict[str, Any]:
     )
     n_items = s.scalar(select(func.count()).select_from(Item).where(Item.campaign_id == c.id))
     keys = ("id", "name", "task_type", "guidelines", "overlap", "allow_ties", "rules", "screening", "screened_only")
+    keys += ("rate_completions",)
     return {k: getattr(c, k) for k in keys} | {"n_items": n_items, "assignments": status}
 
 
@@ -107,6 +109,8 @@ def create_campaign(body: CampaignIn, request: Request) -> dict[str, Any]:
         raise HTTPException(422, "rules: a rule_violations campaign needs the list of written rules")
     if body.allow_ties and body.task_type not in ("ranking", "rule_violations"):
         raise HTTPException(422, f"allow_ties: only ranking forms have ties, not {body.task_type}")
+    if body.rate_completions and body.task_type not in RATEABLE:
+        raise HTTPException(422, f"rate_completions: only forms with several completions, not {body.task_type}")
     with request.app.state.db.write() as s:
         fields = body.model_dump(exclude={"items"})
         fields["overlap"] = body.overlap or request.app.state.config.overlap
@@ -211,6 +215,8 @@ def assign_campaign(campaign_id: Id, body: AssignIn, request: Request) -> dict[s
         labelers = eligible_labelers(s, c, body.groups, body.labelers)
         overlap = len(labelers) if c.screening else (body.overlap or c.overlap)
         result = assign(s, c, labelers, overlap)
+        if c.screening:  # every labeler labels the whole gold set: record the overlap it really has
+            c.overlap = max(c.overlap, overlap)
         s.commit()
     return {
         "created": result.created,

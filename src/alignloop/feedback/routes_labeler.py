@@ -49,6 +49,8 @@ def campaign_settings(request: Request, campaign_id: int) -> dict[str, Any]:
                 "guidelines": c.guidelines,
                 "allow_ties": c.allow_ties,
                 "rules": list(c.rules or []),
+                "rate_completions": bool(c.rate_completions),
+                "screening": bool(c.screening),
             }
         cache[campaign_id] = hit
     return hit
@@ -82,7 +84,8 @@ def load_task(request: Request, user: auth.Principal, assignment_id: int) -> dic
         "guidelines": c["guidelines"],
         "allow_ties": c["allow_ties"],
         "rules": c["rules"],
-        "flags": list(METADATA_FLAGS) if c["task_type"] == "rating" else [],
+        "flags": list(METADATA_FLAGS) if c["task_type"] == "rating" or c["rate_completions"] else [],
+        "rate_completions": c["rate_completions"],
         "skip_reasons": list(SKIP_REASONS),
         "prompt": item.prompt,
         "category": item.category,
@@ -93,12 +96,15 @@ def load_task(request: Request, user: auth.Principal, assignment_id: int) -> dic
 
 
 def pending_tasks(request: Request, user: auth.Principal, limit: int = 100) -> list[dict[str, Any]]:
+    """A labeler's pending tasks: screening (gold) tasks first, so nobody labels real items unscreened,
+    then the rest oldest first."""
     with request.app.state.db.read() as s:
         rows = s.execute(
             select(Assignment.id, Item.campaign_id, Item.prompt)
             .join(Item, Item.id == Assignment.item_id)
+            .join(Campaign, Campaign.id == Item.campaign_id)
             .where(Assignment.labeler_id == user.user_id, Assignment.status == "pending")
-            .order_by(Assignment.id)
+            .order_by(Campaign.screening.desc(), Assignment.id)
             .limit(limit)
         ).all()
     out = []
@@ -135,7 +141,7 @@ def _checked(c: dict[str, Any], k: int, answer: dict[str, Any] | None, skip: str
     if skip is not None:
         return None
     try:
-        return check_answer(c["task_type"], k, answer or {}, c["allow_ties"], c["rules"])
+        return check_answer(c["task_type"], k, answer or {}, c["allow_ties"], c["rules"], c["rate_completions"])
     except FormError as err:
         raise HTTPException(422, str(err)) from None
 

@@ -21,6 +21,7 @@ Prompts are the raw instructions; they are formatted with the chat template
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,6 +145,32 @@ def accepts_logits_to_keep(model: Any) -> bool:
         return False
 
 
+def _accepts(model: Any, name: str) -> bool:
+    """Whether the model (under any PEFT or DDP wrapper) takes keyword ``name``."""
+    inner = _unwrap(model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return _class_accepts(type(inner), name)
+
+
+@functools.cache
+def _class_accepts(cls: type, name: str) -> bool:  # per decoding step: inspect once per class
+    try:
+        return name in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def kv_cache(out: Any) -> Any:
+    """The KV cache of a forward's output: ``cache`` in transformers >= 5.2x, ``past_key_values`` before
+    (reading the old name on a new version warns on every call, which breaks the progress bars)."""
+    return out.cache if "cache" in getattr(out, "__dataclass_fields__", {}) else out.past_key_values
+
+
+def _cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    return {"cache": cache} if _accepts(model, "cache") else {"past_key_values": cache}
+
+
 def _forward(model: Any, **inputs: Any) -> Any:
     """One forward pass projecting only the last position onto the vocabulary (``logits_to_keep``):
     on a 49k-token vocabulary the prefill's full projection would cost more than the decoding."""
@@ -168,8 +195,8 @@ def _prefill(model: Any, query_ids: torch.Tensor, attention: torch.Tensor, posit
             position_ids=position_ids_from_mask(mask),
             use_cache=True,
         )
-        if hasattr(out.past_key_values, "reorder_cache"):
-            out.past_key_values.reorder_cache(inverse)
+        if hasattr(kv_cache(out), "reorder_cache"):
+            kv_cache(out).reorder_cache(inverse)
             return out, out.logits[:, -1, :][inverse]
     out = _forward(model, input_ids=query_ids, attention_mask=attention, position_ids=positions, use_cache=True)
     return out, out.logits[:, -1, :]
@@ -215,8 +242,8 @@ def _sample_micro_batch(
             input_ids=next_tok[:, None],
             attention_mask=attention,
             position_ids=positions,
-            past_key_values=out.past_key_values,
             use_cache=True,
+            **_cache_kwargs(model, kv_cache(out)),
         )
         logits = out.logits[:, -1, :]
     resp = torch.stack(tokens, 1) if tokens else query_ids.new_zeros(batch, 0)

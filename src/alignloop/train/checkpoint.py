@@ -12,12 +12,16 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from alignloop.errors import TrainingInterrupted
 
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -78,7 +82,29 @@ def save_checkpoint(
     os.replace(tmp, final)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+    _crash_point(run_dir, step)
     return final
+
+
+CRASH_ENV = "ALIGNLOOP_CRASH_AFTER_CHECKPOINT"
+
+
+def _crash_point(run_dir: str | os.PathLike[str], step: int) -> None:
+    """Fault injection for resume tests: ``ALIGNLOOP_CRASH_AFTER_CHECKPOINT=ppo:2`` SIGKILLs this
+    process right after checkpoint 2 of a run folder named ``ppo`` is in place.
+
+    A real SIGKILL, at a point the test chooses instead of one it must catch by polling: a test that
+    waits for a checkpoint file and then kills races the trainer on a loaded machine (the run may
+    finish first). Unset, this costs one environment lookup per checkpoint.
+    """
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    name, _, at = spec.rpartition(":")
+    if Path(run_dir).name == name and str(step) == at:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
@@ -114,3 +140,54 @@ def load_checkpoint(
     if restore_rng:
         set_rng_state(state["rng"])
     return state
+
+
+# --------------------------------------------------------------------------------------------------
+# Interruption: Ctrl-C or SIGTERM stops a run at the next step boundary with a checkpoint.
+
+_STOP: dict[str, int | None] = {"signal": None}
+
+
+def stop_requested() -> bool:
+    """True once SIGINT/SIGTERM arrived inside :func:`stop_on_signal`; trainers check it after each step."""
+    return _STOP["signal"] is not None
+
+
+def interrupt_point(step: int, run_dir: str | os.PathLike[str] | None) -> None:
+    """Called by a trainer right after the checkpoint it writes when :func:`stop_requested`: ends the run."""
+    if stop_requested():
+        raise TrainingInterrupted(step, run_dir)
+
+
+@contextmanager
+def stop_on_signal() -> Iterator[None]:
+    """Turn the first SIGINT/SIGTERM into a request to stop at the next step boundary (the trainer then
+    checkpoints and raises :class:`TrainingInterrupted`); a second one aborts at once (KeyboardInterrupt).
+
+    Why: killing a step midway loses everything since the last periodic checkpoint, and a script
+    (``sft && rm train``) must see a failing exit status, not a silent 0.
+    """
+    import signal
+    import sys
+
+    def handler(signum: int, _frame: Any) -> None:
+        if _STOP["signal"] is not None:
+            raise KeyboardInterrupt
+        _STOP["signal"] = signum
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint (again to abort now)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    _STOP["signal"] = None
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _STOP["signal"] = None

@@ -59,7 +59,13 @@ from alignloop.models.value import (
     value_from_reward_model,
 )
 from alignloop.train import ppo_core as core
-from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from alignloop.train.checkpoint import (
+    interrupt_point,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    stop_requested,
+)
 from alignloop.train.distributed import (
     WEIGHT_DTYPES,
     Precision,
@@ -348,10 +354,14 @@ class PPOTrainer:
                 self.on_iteration(self.iteration, metrics)
             # 9. Checkpoint.
             last = self.iteration == self.n_iterations
+            interrupted = stop_requested() and not last
             if self.run_dir is not None and (
-                last or (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0)
+                last or interrupted or (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0)
             ):
                 self.save_checkpoint()
+            if interrupted:
+                self.log.close()
+                interrupt_point(self.iteration, self.run_dir)  # Ctrl-C / SIGTERM: the checkpoint above is written
         policy_dir = self.save_policy(self.run_dir / "policy") if self.run_dir is not None else None
         self.log.close()
         return PPOResult(self.run_dir, policy_dir, self.iteration, self.history, self.is_main)

@@ -55,7 +55,14 @@ from alignloop.models.reward import (
     load_reward_model,
     pad_id,
 )
-from alignloop.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from alignloop.train.checkpoint import (
+    interrupt_point,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    stop_requested,
+)
 from alignloop.train.distributed import (
     Precision,
     build_accelerator,
@@ -348,8 +355,13 @@ def train_reward_model(
             last_val = evaluate(step + 1)
             if on_eval is not None and on_eval(step + 1, last_val | {"train_seconds": train_seconds}):
                 stopped = True
-        if stopped or step + 1 == total or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
+        interrupted = stop_requested() and step + 1 < total
+        periodic = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
+        if stopped or interrupted or step + 1 == total or periodic:
             save(step + 1)
+        if interrupted:
+            log.close()
+            interrupt_point(step + 1, out)  # Ctrl-C / SIGTERM: the checkpoint above is written
         if stopped:
             break
     if not last_val and val_data:

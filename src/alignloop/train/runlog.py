@@ -23,6 +23,24 @@ from alignloop.config import dump_config
 
 T = TypeVar("T")
 
+#: The metrics a progress bar shows, in this order, by the stage's own names (SFT and RM loss,
+#: RM accuracy, PPO's reward and KL); the newest value of each that was logged is shown.
+KEY_METRICS: tuple[tuple[str, str], ...] = (
+    ("train/loss", "loss"),
+    ("train/accuracy", "acc"),
+    ("val/loss", "val loss"),
+    ("val/accuracy", "val acc"),
+    ("rm_score", "reward"),
+    ("kl", "KL"),
+    ("score_gold", "gold"),
+)
+_latest: dict[str, float] = {}  # the newest logged value of each key metric, read by track()
+
+
+def key_metrics_text() -> str:
+    """ "loss 1.234  KL 0.012" from the newest logged values (empty before the first log)."""
+    return "  ".join(f"{short} {_latest[k]:.4g}" for k, short in KEY_METRICS if k in _latest)
+
 
 class RunLog:
     """Metrics sink for one run. ``resume_step`` drops metrics logged after the checkpoint being
@@ -40,6 +58,7 @@ class RunLog:
         self.dir = Path(run_dir)
         self.enabled = enabled
         self._tb = None
+        _latest.clear()
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +93,7 @@ class RunLog:
             if isinstance(v, float) and not math.isfinite(v):
                 v = None
             row[k] = v
+        _latest.update({k: row[k] for k, _ in KEY_METRICS if isinstance(row.get(k), (int, float))})
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         if self._tb is not None:
@@ -116,12 +136,13 @@ def track(items: Iterable[T], description: str, total: int | None = None, enable
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[metrics]}"),
     )
     with Progress(*columns, transient=False) as progress:
-        task = progress.add_task(description, total=total if total is not None else _len(items))
+        task = progress.add_task(description, total=total if total is not None else _len(items), metrics="")
         for item in items:
             yield item
-            progress.advance(task)
+            progress.update(task, advance=1, metrics=key_metrics_text())
 
 
 def _len(items: Iterable[Any]) -> int | None:

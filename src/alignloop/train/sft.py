@@ -46,7 +46,13 @@ from alignloop.errors import AlignloopError
 from alignloop.models.generation import forward_last_logits, generate, query_token_ids
 from alignloop.models.loading import disable_dropout, load_causal_lm, load_tokenizer, set_default_system_prompt
 from alignloop.models.scoring import Scorer, score_all
-from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from alignloop.train.checkpoint import (
+    interrupt_point,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    stop_requested,
+)
 from alignloop.train.distributed import (
     Precision,
     build_accelerator,
@@ -523,7 +529,7 @@ def train_sft(
                     acc.wait_for_everyone()
             epoch_t0 = time.perf_counter()
         runlog.log(done, row)
-        stopping = stop_at_step is not None and done >= stop_at_step
+        stopping = (stop_at_step is not None and done >= stop_at_step) or stop_requested()
         # The last step writes final/ instead: a finished run has nothing to resume, and a 135M
         # model's checkpoint with Adam state is 1.6 GB of writing.
         periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
@@ -540,6 +546,7 @@ def train_sft(
         result.steps = done
         if stopping and done < total_steps:
             runlog.close()
+            interrupt_point(done, run)  # Ctrl-C / SIGTERM: the checkpoint above is written
             return result
 
     # 6. final model; the best one is final when no validation set chose another. When the last
