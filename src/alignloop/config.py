@@ -267,6 +267,55 @@ class PPOConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Direct preference optimisation on the K-way rankings (DPO and relatives), reference = the SFT policy.
+
+    All C(K,2) comparisons of a prompt form one batch element, as for the reward model: each
+    completion gets one policy forward per step and one reference forward per run (cached)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)  # the SFT policy: start point and reference
+    loss: str = "sigmoid"  # "sigmoid" (DPO) | "ipo" | "plackett_luce" (listwise)
+    beta: float = 0.1  # strength of the implicit KL constraint to the reference
+    epochs: int = 1
+    lr: float = 1e-6
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    prompts_per_step: int = 4  # rankings per optimizer step (global)
+    micro_batch_completions: int = 16  # completions per forward pass; a prompt is never split
+    max_length: int = 256
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    dropout: float = 0.0  # off by default: the cached reference log-probs were computed without it
+    lora_r: int = 0  # 0 = full fine-tuning
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or a comma-separated list
+    mixed_precision: str = "no"  # Accelerate: "no" | "bf16" | "fp16"
+    val_fraction: float = 0.1  # share of prompts held out when no validation file is given
+    eval_every: int = 0  # steps between held-out evaluations; 0 = at each epoch end
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at epoch ends before the last
+    keep_checkpoints: int = 2
+    seed: int = 0  # data order (shared by ranks)
+
+    def validate(self) -> None:
+        if self.loss not in ("sigmoid", "ipo", "plackett_luce"):
+            raise ValueError(f"loss: must be sigmoid, ipo or plackett_luce, got {self.loss!r}")
+        if self.beta <= 0 or self.lr <= 0:
+            raise ValueError(f"beta, lr: must be positive, got {self.beta}, {self.lr}")
+        for name in ("epochs", "prompts_per_step", "micro_batch_completions", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length: must be at least 8 tokens, got {self.max_length}")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.val_fraction < 1 or not 0 <= self.dropout < 1:
+            raise ValueError("warmup_ratio, val_fraction, dropout: must be in [0, 1)")
+        if self.lora_r < 0 or self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ValueError("lora_r, eval_every, checkpoint_every: must be >= 0")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision: must be no, bf16 or fp16, got {self.mixed_precision!r}")
+
+
+@dataclass
 class FeedbackConfig:
     """The human feedback service."""
 
@@ -298,6 +347,7 @@ class LoopConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     rounds: int = 1

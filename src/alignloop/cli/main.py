@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "rm",
     "bon",
     "ppo",
+    "dpo",
     "serve",
     "feedback",
     "eval",
