@@ -226,6 +226,7 @@ class DPOResult:
     train_seconds: float
     train: dict[str, float] = field(default_factory=dict)  # last step's train/* metrics
     val: dict[str, float] = field(default_factory=dict)  # last held-out evaluation (val/*)
+    reference_seconds: float = 0.0  # computing the cached reference log-probs (once per run)
 
 
 def train_dpo(
@@ -285,13 +286,15 @@ def train_dpo(
                 f"cannot resume {out}: the rankings differ from the run's (or {REFERENCE_CACHE} is missing)",
                 "resume with the same --data and --val files",
             )
-        ref_train, ref_val = saved["train"], saved["val"]
+        ref_train, ref_val, reference_seconds = saved["train"], saved["val"], saved["seconds"]
     else:
+        t0 = time.perf_counter()
         ref_train = reference_logprobs(model, train_data, pad, cfg.micro_batch_completions, acc.device)
+        reference_seconds = time.perf_counter() - t0  # the training rankings only: the cost of an epoch's reference
         ref_val = reference_logprobs(model, val_data, pad, cfg.micro_batch_completions, acc.device)
         if main:
             out.mkdir(parents=True, exist_ok=True)
-            torch.save({"data": data_fp, "train": ref_train, "val": ref_val}, cache)
+            torch.save({"data": data_fp, "train": ref_train, "val": ref_val, "seconds": reference_seconds}, cache)
     model.train()
 
     steps_per_epoch = math.ceil(len(train_data) / cfg.prompts_per_step)
@@ -357,12 +360,13 @@ def train_dpo(
     # 5. the policy
     policy_dir = out / POLICY_SUBDIR
     if main:
-        export_model(acc.unwrap_model(model), tokenizer, policy_dir)
+        export_model(acc.unwrap_model(model), tokenizer, policy_dir, in_place=True)
         record = {"steps": done, "train_seconds": train_seconds, "train": last_train, "val": last_val}
+        record["reference_seconds"] = reference_seconds
         (out / FINISHED).write_text(json.dumps(record | {"data": data_fp}))
     log.close()
     acc.wait_for_everyone()
-    return DPOResult(out, policy_dir, done, train_seconds, last_train, last_val)
+    return DPOResult(out, policy_dir, done, train_seconds, last_train, last_val, reference_seconds)
 
 
 def _finished(out: Path, data_fp: str) -> DPOResult:
@@ -372,7 +376,10 @@ def _finished(out: Path, data_fp: str) -> DPOResult:
         raise AlignloopError(
             f"cannot resume {out}: the rankings differ from the finished run's", "resume with the same --data and --val"
         )
-    return DPOResult(out, out / POLICY_SUBDIR, record["steps"], record["train_seconds"], record["train"], record["val"])
+    r = record
+    return DPOResult(
+        out, out / POLICY_SUBDIR, r["steps"], r["train_seconds"], r["train"], r["val"], r["reference_seconds"]
+    )
 
 
 def _train_step(model, optimizer, scheduler, acc, batch: list[EncodedRanking], ref: torch.Tensor, pad, cfg) -> _Tally:
