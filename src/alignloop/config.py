@@ -243,8 +243,20 @@ class PPOConfig:
     ptx_max_length: int = 128
     keep_checkpoints: int = 2
     concurrent_passes: bool = True  # one process on a CPU: independent passes (policy/value) run side by side
+    # Critic-free RL (no value model): "rloo" (leave-one-out baseline, KL in the reward) | "grpo"
+    # (group-normalised advantages, beta * k3 KL as a loss term). Both sample group_size responses
+    # per prompt: an iteration takes batch_size / group_size prompts.
+    algorithm: str = "ppo"  # "ppo" | "rloo" | "grpo"
+    group_size: int = 4  # samples per prompt for rloo / grpo
 
     def validate(self) -> None:
+        if self.algorithm not in ("ppo", "rloo", "grpo"):
+            raise ValueError(f"algorithm: must be ppo, rloo or grpo, got {self.algorithm!r}")
+        if self.algorithm != "ppo" and (self.group_size < 2 or self.batch_size % self.group_size):
+            raise ValueError(
+                f"group_size: {self.algorithm} needs at least 2 samples per prompt, dividing batch_size "
+                f"{self.batch_size}; got {self.group_size}"
+            )
         for name in ("total_episodes", "batch_size", "minibatch_size", "ppo_epochs", "ptx_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")

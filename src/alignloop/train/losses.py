@@ -235,3 +235,16 @@ def ptx_loss(
     """
     nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
     return _token_mean(nll, mask.to(nll.dtype), token_count)
+
+
+def kl_penalty_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    token_count: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """GRPO's KL term: the mean over response tokens of k3 = pi_ref/pi - log(pi_ref/pi) - 1, an
+    unbiased, non-negative estimate of KL(pi || pi_ref) whose gradient pulls pi toward pi_ref.
+    The trainer adds ``beta * kl_penalty_loss`` to the policy loss (instead of KL in the reward)."""
+    log_r = ref_logprobs - logprobs
+    return _token_mean(torch.expm1(log_r) - log_r, mask, token_count)

@@ -18,6 +18,12 @@ One iteration of :meth:`PPOTrainer.train`, in the order the code runs it:
    loss, over shuffled minibatches, with the rollout's temperature;
 7. the KL controller moves beta; 8. metrics are logged; 9. a checkpoint is written.
 
+Critic-free RL (``algorithm: rloo | grpo``, issue 14) runs the same loop without a value model:
+step 1 takes batch_size / group_size prompts, each sampled group_size times; step 5's advantages
+come from the other samples of the same prompt (:func:`~alignloop.train.ppo_core.rloo_advantages`,
+KL in the reward; :func:`~alignloop.train.ppo_core.grpo_advantages`, KL as the loss term
+:func:`~alignloop.train.losses.kl_penalty_loss`); step 6 has no value step.
+
 Dropout is off in every model. Under ``accelerate launch`` each process works on its share of
 the batch: statistics that need the whole batch (whitening, KL, token counts) are summed across
 processes, so N processes compute what one process would with the same global batch.
@@ -62,7 +68,7 @@ from alignloop.train import ppo_core as core
 from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from alignloop.train.distributed import build_accelerator, epoch_order, rank_seed, rank_slice, seed_everything
 from alignloop.train.kl_controller import make_kl_controller
-from alignloop.train.losses import ppo_policy_loss, ppo_value_loss, ptx_loss
+from alignloop.train.losses import kl_penalty_loss, ppo_policy_loss, ppo_value_loss, ptx_loss
 from alignloop.train.runlog import RunLog, Timer, track
 
 POLICY_WEIGHTS = "policy.safetensors"
@@ -173,6 +179,12 @@ class PPOTrainer:
                     f"ppo.{name} = {getattr(cfg, name)} does not split over {self.world} processes",
                     f"use a multiple of {self.world}",
                 )
+        if cfg.algorithm != "ppo" and (cfg.batch_size // cfg.group_size) % self.world:  # whole groups per process
+            raise AlignloopError(
+                f"ppo.batch_size / group_size = {cfg.batch_size // cfg.group_size} prompts do not split over "
+                f"{self.world} processes",
+                f"use a multiple of {self.world * cfg.group_size} for batch_size",
+            )
         if not prompts:
             raise AlignloopError("PPO needs at least one prompt", "give a prompts file with records")
         self.prompts = list(prompts)
@@ -213,7 +225,10 @@ class PPOTrainer:
         else:
             rm = None
         why = value_compatibility(rm, tokenizer, rm_tokenizer)
-        if why is None:
+        value_model: ValueModel | None
+        if cfg.algorithm != "ppo":  # critic-free (rloo / grpo): no value model is built
+            value_model = None
+        elif why is None:
             value_model = value_from_reward_model(
                 rm, shared=cfg.value_model == "shared", lora_r=cfg.value_lora_r, target_modules=cfg.lora_target_modules
             )
@@ -228,7 +243,8 @@ class PPOTrainer:
                 )
             except ValueError as err:
                 raise AlignloopError(f"ppo config: {err}") from None
-        value_model.to(self.device)
+        if value_model is not None:
+            value_model.to(self.device)
         self.rm = rm
 
         # The reference: a frozen copy of the SFT policy, or with LoRA the same base without adapters.
@@ -246,12 +262,14 @@ class PPOTrainer:
         # Optimizers: one per model, so the policy step and the value step are independent.
         n_updates = self.n_iterations * cfg.ppo_epochs * self.n_minibatches
         self.policy_opt = _adamw(policy_model, cfg.lr, cfg.adam_eps)
-        self.value_opt = _adamw(value_model, cfg.value_lr or cfg.lr, cfg.adam_eps)
         self.policy_sched = _schedule(self.policy_opt, cfg.lr_schedule, n_updates)
-        self.value_sched = _schedule(self.value_opt, cfg.lr_schedule, n_updates)
         self.experience_lanes, self.balanced_update = _plan_lanes(policy_model, value_model, rm, self.ref is None)
         self.policy, self.policy_opt = self.acc.prepare(policy_model, self.policy_opt)
-        self.value, self.value_opt = self.acc.prepare(value_model, self.value_opt)
+        self.value = self.value_opt = self.value_sched = None  # critic-free: none of them
+        if value_model is not None:
+            self.value_opt = _adamw(value_model, cfg.value_lr or cfg.lr, cfg.adam_eps)
+            self.value_sched = _schedule(self.value_opt, cfg.lr_schedule, n_updates)
+            self.value, self.value_opt = self.acc.prepare(value_model, self.value_opt)
         self.kl_ctl = make_kl_controller(cfg.beta, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
         self.score_moments = torch.zeros(3, dtype=torch.float64)  # running [sum, sum sq, count] of RM scores
         self.ptx = self._tokenize_ptx(ptx_texts) if cfg.gamma_ptx > 0 else []
@@ -320,13 +338,15 @@ class PPOTrainer:
         """This process's prompts of ``iteration``: positions [it*B, (it+1)*B) of the endless
         sequence of shuffled epochs (shared data seed), strided over processes."""
         n, b = len(self.prompts), self.config.batch_size
+        k = self.config.group_size if self.config.algorithm != "ppo" else 1  # critic-free: k samples per prompt
+        b //= k
         chosen, orders = [], {}
         for pos in range(iteration * b, (iteration + 1) * b):
             epoch = pos // n
             if epoch not in orders:
                 orders[epoch] = epoch_order(n, self.config.seed, epoch)
             chosen.append(orders[epoch][pos % n])
-        return [self.prompts[i] for i in rank_slice(chosen, self.rank, self.world)]
+        return [self.prompts[i] for i in rank_slice(chosen, self.rank, self.world) for _ in range(k)]
 
     # -----------------------------------------------------------------------------------------
     # Step 2: rollout
@@ -384,7 +404,8 @@ class PPOTrainer:
         with timer.phase("score"):
             lanes = self._concurrently(*(partial(lane, names) for names in self.experience_lanes))
         out = {k: v for done in lanes for k, v in done.items()}
-        (logprobs, entropy), ref_logprobs, values = out["policy"], out["reference"], out["value"]
+        (logprobs, entropy), ref_logprobs = out["policy"], out["reference"]
+        values = out["value"] if "value" in out else torch.zeros_like(mask)  # critic-free: no value pass
         rm_scores, extra = out["reward"]
         rm_scores = rm_scores.to(self.device)
         scores = rm_scores
@@ -396,11 +417,18 @@ class PPOTrainer:
 
         # 5. Per-token rewards: -beta * KL_t (k1) with the score on the last token; GAE; whitening.
         kl = core.kl_k1(logprobs, ref_logprobs) * mask
-        rewards, non_score = core.per_token_rewards(scores, kl, mask, self.kl_ctl.value)
+        beta_in_reward = 0.0 if cfg.algorithm == "grpo" else self.kl_ctl.value  # GRPO: KL in the loss instead
+        rewards, non_score = core.per_token_rewards(scores, kl, mask, beta_in_reward)
         if cfg.whiten_rewards:
             rewards = core.masked_whiten(rewards, mask, shift_mean=False, moments=self._moments(rewards, mask))
-        advantages, returns = core.gae(rewards, values, mask, cfg.gae_gamma, cfg.gae_lambda)
-        if cfg.whiten_advantages:
+        if cfg.algorithm == "rloo":  # critic-free: the baseline is the prompt's other samples
+            advantages, _ = core.rloo_advantages(scores, kl, mask, self.kl_ctl.value, cfg.group_size)
+            returns = advantages
+        elif cfg.algorithm == "grpo":
+            advantages = returns = core.grpo_advantages(scores, mask, cfg.group_size)
+        else:
+            advantages, returns = core.gae(rewards, values, mask, cfg.gae_gamma, cfg.gae_lambda)
+        if cfg.whiten_advantages and cfg.algorithm != "grpo":  # GRPO's are normalised per group already
             advantages = core.masked_whiten(advantages, mask, moments=self._moments(advantages, mask))
 
         # Metrics of the global batch: per-sequence sums averaged over sequences, token means over tokens.
@@ -453,7 +481,10 @@ class PPOTrainer:
         cfg = self.config
         iteration = self.iteration if iteration is None else iteration
         self.policy.train()
-        self.value.train()
+        steps = [self._policy_step]
+        if self.value is not None:  # critic-free: no value step
+            self.value.train()
+            steps.append(self._value_step)
         totals: dict[str, Tensor] = {}
         update = 0
         for epoch in range(cfg.ppo_epochs):
@@ -469,7 +500,7 @@ class PPOTrainer:
                 # 6a. policy step and 6b. value step
                 for stats in self._concurrently(
                     partial(self._policy_step, parts, tokens, iteration, update),
-                    partial(self._value_step, parts, tokens),
+                    *(partial(step, parts, tokens) for step in steps[1:]),
                     balanced=self.balanced_update,
                 ):
                     for name, v in stats.items():
@@ -482,12 +513,15 @@ class PPOTrainer:
         n_tokens = max(t.get("tokens", 1.0), 1.0)
         metrics = {
             "policy_loss": t["policy_loss_sum"] / n_tokens,
-            "value_loss": t["value_loss_sum"] / n_tokens,
             "clipfrac": t["clipfrac_sum"] / n_tokens,
-            "vf_clipfrac": t["vf_clipfrac_sum"] / n_tokens,
             "approx_kl": t["approx_kl_sum"] / n_tokens,
             "lr": self.policy_sched.get_last_lr()[0],
         }
+        if "value_loss_sum" in t:
+            metrics["value_loss"] = t["value_loss_sum"] / n_tokens
+            metrics["vf_clipfrac"] = t["vf_clipfrac_sum"] / n_tokens
+        if "kl_loss_sum" in t:  # grpo
+            metrics["kl_loss"] = t["kl_loss_sum"] / n_tokens
         if "ptx_loss_sum" in t:
             metrics["ptx_loss"] = t["ptx_loss_sum"] / max(t["ptx_tokens"], 1.0)
         return metrics
@@ -509,6 +543,10 @@ class PPOTrainer:
                 loss, s = ppo_policy_loss(
                     logprobs, part.logprobs, part.advantages, part.mask, cfg.clip_range, token_count=tokens
                 )
+                if cfg.algorithm == "grpo":  # critic-free: beta * k3 KL to the reference as a loss term
+                    kl_loss = kl_penalty_loss(logprobs, part.ref_logprobs, part.mask, token_count=tokens)
+                    s["kl_loss_sum"] = kl_loss.detach() * tokens
+                    loss = loss + self.kl_ctl.value * kl_loss
                 self.acc.backward(loss)
             release_freed_memory()
             _accumulate(stats, {**s, "policy_loss_sum": loss.detach() * tokens})
@@ -689,7 +727,8 @@ class PPOTrainer:
             def save_model(folder: Path) -> None:
                 folder.mkdir(parents=True, exist_ok=True)
                 save_file(_trainable_state(self.unwrapped_policy), str(folder / POLICY_WEIGHTS))
-                save_file(_trainable_state(self.unwrapped_value), str(folder / VALUE_WEIGHTS))
+                if self.value is not None:
+                    save_file(_trainable_state(self.unwrapped_value), str(folder / VALUE_WEIGHTS))
 
             extra = {
                 "iteration": self.iteration,
@@ -697,8 +736,8 @@ class PPOTrainer:
                 "kl_controller": self.kl_ctl.state_dict(),
                 "score_moments": self.score_moments,
                 "rng_per_rank": rngs,
-                "value_optimizer": self.value_opt.state_dict(),
-                "value_scheduler": self.value_sched.state_dict(),
+                "value_optimizer": self.value_opt.state_dict() if self.value_opt is not None else None,
+                "value_scheduler": self.value_sched.state_dict() if self.value_sched is not None else None,
             }
             path = save_checkpoint(
                 self.run_dir,
@@ -716,11 +755,13 @@ class PPOTrainer:
         from safetensors.torch import load_file
 
         _load_trainable(self.unwrapped_policy, load_file(str(path / "model" / POLICY_WEIGHTS)), "policy")
-        _load_trainable(self.unwrapped_value, load_file(str(path / "model" / VALUE_WEIGHTS)), "value")
+        if self.value is not None:
+            _load_trainable(self.unwrapped_value, load_file(str(path / "model" / VALUE_WEIGHTS)), "value")
         state = load_checkpoint(path, optimizer=self.policy_opt, scheduler=self.policy_sched)
         extra = state["extra"]
-        self.value_opt.load_state_dict(extra["value_optimizer"])
-        self.value_sched.load_state_dict(extra["value_scheduler"])
+        if self.value_opt is not None:
+            self.value_opt.load_state_dict(extra["value_optimizer"])
+            self.value_sched.load_state_dict(extra["value_scheduler"])
         self.kl_ctl.load_state_dict(extra["kl_controller"])
         self.score_moments = extra["score_moments"].clone()
         self.iteration = int(extra["iteration"])
@@ -789,7 +830,7 @@ def _block_params(model: Any) -> int:
 
 
 def _plan_lanes(
-    policy: Any, value: ValueModel, rm: Any, lora_reference: bool, ratio: float = 0.5
+    policy: Any, value: ValueModel | None, rm: Any, lora_reference: bool, ratio: float = 0.5
 ) -> tuple[list[tuple[str, ...]], bool]:
     """How the experience passes split into lanes, and whether the update's two steps run side by side.
 
@@ -803,11 +844,13 @@ def _plan_lanes(
     def even(x: int, y: int) -> bool:
         return min(x, y) >= ratio * max(x, y)
 
-    p, v = _block_params(policy), _block_params(value.trunk)
+    p, v = _block_params(policy), _block_params(value.trunk) if value is not None else 0
     r = _block_params(rm) if rm is not None else 0
     cost = {"policy": p, "reference": p, "value": v, "reward": r}
+    if value is None:  # critic-free: no value pass
+        del cost["value"]
     together = [{"policy", "reference"}] if lora_reference else []
-    if value.shares_trunk:
+    if value is not None and value.shares_trunk:
         together.append({"value", "reward"})
     names = tuple(cost)
     best: tuple[int, tuple[str, ...], tuple[str, ...]] | None = None
