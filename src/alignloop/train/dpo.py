@@ -177,6 +177,16 @@ class _Tally:
         self.pairs += n_pairs
         self.completions += n_completions
 
+    def all_sum(self, acc: Any) -> _Tally:
+        """The tally of every process together (each holds its share of the step's prompts)."""
+        if acc.num_processes > 1:
+            keys = list(self.sums)
+            local = [self.sums[k] for k in keys] + [self.prompts, self.pairs, self.completions]
+            total = acc.reduce(torch.tensor(local, dtype=torch.float64, device=acc.device), "sum").tolist()
+            self.sums = dict(zip(keys, total[: len(keys)], strict=True))
+            self.prompts, self.pairs, self.completions = (int(x) for x in total[len(keys) :])
+        return self
+
     def result(self, prefix: str) -> dict[str, float]:
         out = {f"{prefix}/loss": self.sums["loss"] / max(self.prompts, 1)}
         out |= {f"{prefix}/{k}": self.sums[k] / max(self.pairs, 1) for k in self.PAIR_KEYS}
@@ -266,7 +276,8 @@ def train_dpo(
             raise AlignloopError(f"nothing to resume: {out} has no checkpoint", "drop --resume to start a new run")
 
     # 1. tokenise; model, optimizer, schedule
-    acc = build_accelerator(cfg.mixed_precision)
+    # cpu=True without CUDA: otherwise Accelerate ignores a multi-process launch on CPU (gloo)
+    acc = build_accelerator(cfg.mixed_precision, cpu=not torch.cuda.is_available())
     main = acc.is_main_process
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.name)
@@ -345,7 +356,8 @@ def train_dpo(
         tally = _train_step(model, optimizer, scheduler, acc, batch, ref_train, pad, cfg)
         train_seconds += time.perf_counter() - t0
         done = step + 1
-        last_train = tally.result("train") | {"lr": scheduler.get_last_lr()[0], "epoch": done / steps_per_epoch}
+        last_train = tally.all_sum(acc).result("train")
+        last_train |= {"lr": scheduler.get_last_lr()[0], "epoch": done / steps_per_epoch}
         log.log(done, last_train)
         if on_step is not None:
             on_step(done, last_train | {"train_seconds": train_seconds})
