@@ -391,6 +391,49 @@ class LoopConfig:
             raise ValueError(f"stop_metric: only gold_win_rate is supported, got {self.stop_metric!r}")
 
 
+COMPARE_METHODS = ("ppo", "ppo_ptx", "rloo", "grpo", "dpo")  # plus "bonN": best-of-N at inference, N >= 2
+
+
+@dataclass
+class CompareConfig:
+    """``alignloop compare``: every method from one SFT policy and one set of rankings, judged against SFT
+    on held-out prompts by the gold judge and by the reward model, with KL to SFT and perplexity."""
+
+    policy: str = ""  # the SFT policy: folder or registry name
+    rankings: str = ""  # rankings JSONL: the reward model's and DPO's data
+    prompts: str = ""  # RL prompts JSONL (Prompt records)
+    eval_prompts: str = ""  # held-out users' prompts JSONL (Prompt records)
+    ptx_corpus: str = ""  # pretraining-like text: PPO-ptx's data and the perplexity column ("" = none)
+    methods: list[str] = field(default_factory=lambda: ["ppo", "ppo_ptx", "rloo", "dpo", "bon4", "bon16"])
+    budget: str = "samples"  # RL methods each draw ppo.total_episodes policy samples
+    ptx_gamma: float = 1.0  # PPO-ptx's pretraining coefficient
+    max_ptx_documents: int = 64  # documents of ptx_corpus read (training and perplexity)
+    rm: RMConfig = field(default_factory=RMConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval_seed: int = 12345
+
+    def validate(self) -> None:
+        for name in ("policy", "rankings", "eval_prompts"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: required (a path)")
+        if self.budget != "samples":
+            raise ValueError(
+                f"budget: only 'samples' (the same number of policy samples) is built, got {self.budget!r}"
+            )
+        for m in self.methods:
+            bon = m.startswith("bon") and m[3:].isdigit() and int(m[3:]) >= 2
+            if m not in COMPARE_METHODS and not bon:
+                raise ValueError(f"methods: unknown method {m!r}; use {', '.join(COMPARE_METHODS)} or bonN (N >= 2)")
+        if not self.methods:
+            raise ValueError("methods: name at least one method")
+        if any(m in ("ppo", "ppo_ptx", "rloo", "grpo") for m in self.methods) and not self.prompts:
+            raise ValueError("prompts: the RL methods need a prompts file")
+        if "ppo_ptx" in self.methods and not self.ptx_corpus:
+            raise ValueError("ptx_corpus: ppo_ptx needs a pretraining-like corpus")
+
+
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML mapping, with a clear error for a missing file or bad syntax."""
     p = Path(path)

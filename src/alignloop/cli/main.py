@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "bon",
     "ppo",
     "dpo",
+    "compare",
     "serve",
     "feedback",
     "eval",
