@@ -45,6 +45,7 @@ def run_compare(cfg: CompareConfig, out: str | Path, log: Callable[[str], None] 
 
     try:
         cfg.validate()
+        cfg.check_inputs()
     except ValueError as err:
         raise AlignloopError(f"compare config: {err}") from None
     out = Path(out)

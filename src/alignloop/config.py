@@ -415,9 +415,6 @@ class CompareConfig:
     eval_seed: int = 12345
 
     def validate(self) -> None:
-        for name in ("policy", "rankings", "eval_prompts"):
-            if not getattr(self, name):
-                raise ValueError(f"{name}: required (a path)")
         if self.budget != "samples":
             raise ValueError(
                 f"budget: only 'samples' (the same number of policy samples) is built, got {self.budget!r}"
@@ -428,6 +425,12 @@ class CompareConfig:
                 raise ValueError(f"methods: unknown method {m!r}; use {', '.join(COMPARE_METHODS)} or bonN (N >= 2)")
         if not self.methods:
             raise ValueError("methods: name at least one method")
+
+    def check_inputs(self) -> None:
+        """The input paths a run needs (a config file may leave them to the command line or a script)."""
+        for name in ("policy", "rankings", "eval_prompts"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: required (a path)")
         if any(m in ("ppo", "ppo_ptx", "rloo", "grpo") for m in self.methods) and not self.prompts:
             raise ValueError("prompts: the RL methods need a prompts file")
         if "ppo_ptx" in self.methods and not self.ptx_corpus:
