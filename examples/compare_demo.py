@@ -60,10 +60,9 @@ def main() -> None:
     paths = {k: str(out / f) for k, f in (("rankings", "rankings.jsonl"), ("prompts", "prompts.jsonl"))}
     cfg = dataclasses.replace(cfg, policy=sft, eval_prompts=str(out / "eval.jsonl"), ptx_corpus=str(out / "ptx.txt"))
     cfg = dataclasses.replace(cfg, **paths, ppo=dataclasses.replace(cfg.ppo, total_episodes=args.episodes))
-    if args.tiny:
-        cfg = dataclasses.replace(
-            cfg, rm=dataclasses.replace(cfg.rm, model=dataclasses.replace(cfg.rm.model, name="tiny"))
-        )
+    if args.tiny:  # the tiny model has 2 layers and no pretrained encoder beside it
+        rm = dataclasses.replace(cfg.rm, model=dataclasses.replace(cfg.rm.model, name="tiny"), lr=1e-3)
+        cfg = dataclasses.replace(cfg, rm=rm, ppo=dataclasses.replace(cfg.ppo, value_layers=0, lr=1e-3))
     rows = run_compare(cfg, out / "compare")
     print(format_table(rows))
 
