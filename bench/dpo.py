@@ -146,14 +146,14 @@ def ours_worker(args: argparse.Namespace) -> dict:
         model=ModelConfig(name=args.model),
         beta=args.beta,
         lr=args.lr,
-        epochs=1,
+        epochs=args.ours_epochs,
         prompts_per_step=args.prompts_per_step,
         micro_batch_completions=args.micro_batch,
         max_length=MAX_LENGTH,
         val_fraction=0.0,
     )
     res = train_dpo(cfg, train, Path(args.out).parent / "ours-run", val=[], progress=False)
-    pairs = sum(len(list(r.pairs())) for r in train)
+    pairs = args.ours_epochs * sum(len(list(r.pairs())) for r in train)  # pairs learned, every epoch counted
     seconds = res.reference_seconds + res.train_seconds
     os.replace(res.policy_dir, args.out)
     return {
@@ -220,6 +220,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--prompts-per-step", type=int, default=1, help="ours: prompts (batch elements) per step")
+    ap.add_argument("--ours-epochs", type=int, default=1, help="ours: epochs (the comparison is at 1)")
     ap.add_argument("--trl-gradient-checkpointing", type=int, default=1, help="TRL's default is on (1)")
     ap.add_argument("--trl-precompute-ref", type=int, default=0, help="TRL's default is off (0)")
     ap.add_argument("--work", default="", help="folder for data and models (default: a temporary one)")
@@ -260,7 +261,9 @@ def main() -> None:
         ours = run_worker(
             Path(sys.executable),
             "ours",
-            common + ["--out", str(work / f"ours-k{k}" / "policy"), "--prompts-per-step", str(args.prompts_per_step)],
+            common
+            + ["--out", str(work / f"ours-k{k}" / "policy"), "--prompts-per-step", str(args.prompts_per_step)]
+            + ["--ours-epochs", str(args.ours_epochs)],
         )
         print(f"[K={k}] held-out evaluation of both policies ...", flush=True)
         acc = run_worker(

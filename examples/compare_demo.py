@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--rm-prompts", type=int, default=32, help="prompts ranked (K = 4)")
     ap.add_argument("--eval-prompts", type=int, default=16, help="held-out prompts evaluated")
     ap.add_argument("--config", default=str(Path(__file__).parent / "configs" / "compare.yaml"))
+    ap.add_argument("--methods", default="", help="comma-separated; default: the config's")
     args = ap.parse_args()
 
     from alignloop.compare import format_table, run_compare
@@ -57,6 +58,8 @@ def main() -> None:
     (out / "ptx.txt").write_text("\n\n".join(d.prompt + "\n" + d.completion for d in demos), encoding="utf-8")
 
     cfg = load_config(args.config, CompareConfig)
+    if args.methods:
+        cfg = dataclasses.replace(cfg, methods=args.methods.split(","))
     paths = {k: str(out / f) for k, f in (("rankings", "rankings.jsonl"), ("prompts", "prompts.jsonl"))}
     cfg = dataclasses.replace(cfg, policy=sft, eval_prompts=str(out / "eval.jsonl"), ptx_corpus=str(out / "ptx.txt"))
     cfg = dataclasses.replace(cfg, **paths, ppo=dataclasses.replace(cfg.ppo, total_episodes=args.episodes))
