@@ -304,9 +304,21 @@ class PPOConfig:
     keep_checkpoints: int = 2
     concurrent_passes: bool = True  # one process on a CPU: independent passes (policy/value) run side by side
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    # Critic-free RL (no value model): "rloo" (leave-one-out baseline, KL in the reward) | "grpo"
+    # (group-normalised advantages, beta * k3 KL as a loss term). Both sample group_size responses
+    # per prompt: an iteration takes batch_size / group_size prompts.
+    algorithm: str = "ppo"  # "ppo" | "rloo" | "grpo"
+    group_size: int = 4  # samples per prompt for rloo / grpo
 
     def validate(self) -> None:
         self.distributed.validate()
+        if self.algorithm not in ("ppo", "rloo", "grpo"):
+            raise ValueError(f"algorithm: must be ppo, rloo or grpo, got {self.algorithm!r}")
+        if self.algorithm != "ppo" and (self.group_size < 2 or self.batch_size % self.group_size):
+            raise ValueError(
+                f"group_size: {self.algorithm} needs at least 2 samples per prompt, dividing batch_size "
+                f"{self.batch_size}; got {self.group_size}"
+            )
         for name in ("total_episodes", "batch_size", "minibatch_size", "ppo_epochs", "ptx_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
@@ -326,6 +338,55 @@ class PPOConfig:
             raise ValueError(f"value_layers: must be >= 0, got {self.value_layers}")
         if self.lora_r < 0 or self.micro_batch_size < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ValueError("lora_r, micro_batch_size, checkpoint_every: must be >= 0; keep_checkpoints >= 1")
+
+
+@dataclass
+class DPOConfig:
+    """Direct preference optimisation on the K-way rankings (DPO and relatives), reference = the SFT policy.
+
+    All C(K,2) comparisons of a prompt form one batch element, as for the reward model: each
+    completion gets one policy forward per step and one reference forward per run (cached)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)  # the SFT policy: start point and reference
+    loss: str = "sigmoid"  # "sigmoid" (DPO) | "ipo" | "plackett_luce" (listwise)
+    beta: float = 0.1  # strength of the implicit KL constraint to the reference
+    epochs: int = 1
+    lr: float = 1e-6
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    prompts_per_step: int = 4  # rankings per optimizer step (global)
+    micro_batch_completions: int = 16  # completions per forward pass; a prompt is never split
+    max_length: int = 256
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    dropout: float = 0.0  # off by default: the cached reference log-probs were computed without it
+    lora_r: int = 0  # 0 = full fine-tuning
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or a comma-separated list
+    mixed_precision: str = "no"  # Accelerate: "no" | "bf16" | "fp16"
+    val_fraction: float = 0.1  # share of prompts held out when no validation file is given
+    eval_every: int = 0  # steps between held-out evaluations; 0 = at each epoch end
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at epoch ends before the last
+    keep_checkpoints: int = 2
+    seed: int = 0  # data order (shared by ranks)
+
+    def validate(self) -> None:
+        if self.loss not in ("sigmoid", "ipo", "plackett_luce"):
+            raise ValueError(f"loss: must be sigmoid, ipo or plackett_luce, got {self.loss!r}")
+        if self.beta <= 0 or self.lr <= 0:
+            raise ValueError(f"beta, lr: must be positive, got {self.beta}, {self.lr}")
+        for name in ("epochs", "prompts_per_step", "micro_batch_completions", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length: must be at least 8 tokens, got {self.max_length}")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.val_fraction < 1 or not 0 <= self.dropout < 1:
+            raise ValueError("warmup_ratio, val_fraction, dropout: must be in [0, 1)")
+        if self.lora_r < 0 or self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ValueError("lora_r, eval_every, checkpoint_every: must be >= 0")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision: must be no, bf16 or fp16, got {self.mixed_precision!r}")
 
 
 @dataclass
@@ -382,6 +443,7 @@ class LoopConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     rounds: int = 1
@@ -450,6 +512,52 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+
+
+COMPARE_METHODS = ("ppo", "ppo_ptx", "rloo", "grpo", "dpo")  # plus "bonN": best-of-N at inference, N >= 2
+
+
+@dataclass
+class CompareConfig:
+    """``alignloop compare``: every method from one SFT policy and one set of rankings, judged against SFT
+    on held-out prompts by the gold judge and by the reward model, with KL to SFT and perplexity."""
+
+    policy: str = ""  # the SFT policy: folder or registry name
+    rankings: str = ""  # rankings JSONL: the reward model's and DPO's data
+    prompts: str = ""  # RL prompts JSONL (Prompt records)
+    eval_prompts: str = ""  # held-out users' prompts JSONL (Prompt records)
+    ptx_corpus: str = ""  # pretraining-like text: PPO-ptx's data and the perplexity column ("" = none)
+    methods: list[str] = field(default_factory=lambda: ["ppo", "ppo_ptx", "rloo", "dpo", "bon4", "bon16"])
+    budget: str = "samples"  # RL methods each draw ppo.total_episodes policy samples
+    ptx_gamma: float = 1.0  # PPO-ptx's pretraining coefficient
+    max_ptx_documents: int = 64  # documents of ptx_corpus read (training and perplexity)
+    rm: RMConfig = field(default_factory=RMConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval_seed: int = 12345
+
+    def validate(self) -> None:
+        if self.budget != "samples":
+            raise ValueError(
+                f"budget: only 'samples' (the same number of policy samples) is built, got {self.budget!r}"
+            )
+        for m in self.methods:
+            bon = m.startswith("bon") and m[3:].isdigit() and int(m[3:]) >= 2
+            if m not in COMPARE_METHODS and not bon:
+                raise ValueError(f"methods: unknown method {m!r}; use {', '.join(COMPARE_METHODS)} or bonN (N >= 2)")
+        if not self.methods:
+            raise ValueError("methods: name at least one method")
+
+    def check_inputs(self) -> None:
+        """The input paths a run needs (a config file may leave them to the command line or a script)."""
+        for name in ("policy", "rankings", "eval_prompts"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: required (a path)")
+        if any(m in ("ppo", "ppo_ptx", "rloo", "grpo") for m in self.methods) and not self.prompts:
+            raise ValueError("prompts: the RL methods need a prompts file")
+        if "ppo_ptx" in self.methods and not self.ptx_corpus:
+            raise ValueError("ptx_corpus: ppo_ptx needs a pretraining-like corpus")
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

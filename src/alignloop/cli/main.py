@@ -33,6 +33,8 @@ COMMAND_MODULES = (
     "bon",
     "sample",
     "ppo",
+    "dpo",
+    "compare",
     "serve",
     "feedback",
     "eval",

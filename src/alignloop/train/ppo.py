@@ -18,6 +18,12 @@ One iteration of :meth:`PPOTrainer.train`, in the order the code runs it:
    loss, over shuffled minibatches, with the rollout's temperature;
 7. the KL controller moves beta; 8. metrics are logged; 9. a checkpoint is written.
 
+Critic-free RL (``algorithm: rloo | grpo``, issue 14) runs the same loop without a value model:
+step 1 takes batch_size / group_size prompts, each sampled group_size times; step 5's advantages
+come from the other samples of the same prompt (:func:`~alignloop.train.ppo_core.rloo_advantages`,
+KL in the reward; :func:`~alignloop.train.ppo_core.grpo_advantages`, KL as the loss term
+:func:`~alignloop.train.losses.kl_penalty_loss`); step 6 has no value step.
+
 Dropout is off in every model. Under ``accelerate launch`` each process works on its share of
 the batch: statistics that need the whole batch (whitening, KL, token counts) are summed across
 processes, so N processes compute what one process would with the same global batch.
@@ -84,7 +90,7 @@ from alignloop.train.distributed import (
     trainable_state,
 )
 from alignloop.train.kl_controller import make_kl_controller
-from alignloop.train.losses import ppo_policy_loss, ppo_value_loss, ptx_loss
+from alignloop.train.losses import kl_penalty_loss, ppo_policy_loss, ppo_value_loss, ptx_loss
 from alignloop.train.runlog import RunLog, Timer, track
 
 POLICY_WEIGHTS = "policy.safetensors"
@@ -198,6 +204,12 @@ class PPOTrainer:
                     f"ppo.{name} = {getattr(cfg, name)} does not split over {self.world} processes",
                     f"use a multiple of {self.world}",
                 )
+        if cfg.algorithm != "ppo" and (cfg.batch_size // cfg.group_size) % self.world:  # whole groups per process
+            raise AlignloopError(
+                f"ppo.batch_size / group_size = {cfg.batch_size // cfg.group_size} prompts do not split over "
+                f"{self.world} processes",
+                f"use a multiple of {self.world * cfg.group_size} for batch_size",
+            )
         if not prompts:
             raise AlignloopError("PPO needs at least one prompt", "give a prompts file with records")
         self.prompts = list(prompts)
@@ -240,7 +252,10 @@ class PPOTrainer:
         else:
             rm = None
         why = value_compatibility(rm, tokenizer, rm_tokenizer)
-        if why is None:
+        value_model: ValueModel | None
+        if cfg.algorithm != "ppo":  # critic-free (rloo / grpo): no value model is built
+            value_model = None
+        elif why is None:
             value_model = value_from_reward_model(
                 rm, shared=cfg.value_model == "shared", lora_r=cfg.value_lora_r, target_modules=cfg.lora_target_modules
             )
@@ -255,9 +270,10 @@ class PPOTrainer:
                 )
             except ValueError as err:
                 raise AlignloopError(f"ppo config: {err}") from None
-        value_model.to(self.device)
-        if rm is not None and (sharded or cfg.distributed.frozen_dtype != "fp32"):
-            frozen_copy(value_model, rm, cfg.distributed.frozen_dtype)  # the value keeps fp32 weights of its own
+        if value_model is not None:
+            value_model.to(self.device)
+            if rm is not None and (sharded or cfg.distributed.frozen_dtype != "fp32"):
+                frozen_copy(value_model, rm, cfg.distributed.frozen_dtype)  # the value keeps fp32 weights of its own
         self.rm = rm
 
         # The reference: a frozen copy of the SFT policy, or with LoRA the same base without adapters.
@@ -287,17 +303,22 @@ class PPOTrainer:
             self._load_weights(resume_from, policy_model, value_model)
         if cfg.distributed.gradient_checkpointing:
             enable_gradient_checkpointing(policy_model)
-            enable_gradient_checkpointing(value_model)
+            if value_model is not None:
+                enable_gradient_checkpointing(value_model)
         self.policy, _ = place_model(policy_model, self.acc, cfg.distributed.strategy, self.precision)
-        self.value, _ = place_model(value_model, self.acc, cfg.distributed.strategy, self.precision)
+        self.value = None
+        if value_model is not None:
+            self.value, _ = place_model(value_model, self.acc, cfg.distributed.strategy, self.precision)
         if self.ref is not None:
             self.ref = shard_model(self.ref, self.device) if sharded else self.ref.to(self.device)
             self.precision.wrap(self.ref)
         n_updates = self.n_iterations * cfg.ppo_epochs * self.n_minibatches
         self.policy_opt = _adamw(self.policy, cfg.lr, cfg.adam_eps)
-        self.value_opt = _adamw(self.value, cfg.value_lr or cfg.lr, cfg.adam_eps)
         self.policy_sched = _schedule(self.policy_opt, cfg.lr_schedule, n_updates)
-        self.value_sched = _schedule(self.value_opt, cfg.lr_schedule, n_updates)
+        self.value_opt = self.value_sched = None  # critic-free (rloo / grpo): no value model, no value step
+        if self.value is not None:
+            self.value_opt = _adamw(self.value, cfg.value_lr or cfg.lr, cfg.adam_eps)
+            self.value_sched = _schedule(self.value_opt, cfg.lr_schedule, n_updates)
         self.kl_ctl = make_kl_controller(cfg.beta, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
         self.score_moments = torch.zeros(3, dtype=torch.float64)  # running [sum, sum sq, count] of RM scores
         self.ptx = self._tokenize_ptx(ptx_texts) if cfg.gamma_ptx > 0 else []
@@ -370,13 +391,15 @@ class PPOTrainer:
         """This process's prompts of ``iteration``: positions [it*B, (it+1)*B) of the endless
         sequence of shuffled epochs (shared data seed), strided over processes."""
         n, b = len(self.prompts), self.config.batch_size
+        k = self.config.group_size if self.config.algorithm != "ppo" else 1  # critic-free: k samples per prompt
+        b //= k
         chosen, orders = [], {}
         for pos in range(iteration * b, (iteration + 1) * b):
             epoch = pos // n
             if epoch not in orders:
                 orders[epoch] = epoch_order(n, self.config.seed, epoch)
             chosen.append(orders[epoch][pos % n])
-        return [self.prompts[i] for i in rank_slice(chosen, self.rank, self.world)]
+        return [self.prompts[i] for i in rank_slice(chosen, self.rank, self.world) for _ in range(k)]
 
     # -----------------------------------------------------------------------------------------
     # Step 2: rollout
@@ -434,7 +457,8 @@ class PPOTrainer:
         with timer.phase("score"):
             lanes = self._concurrently(*(partial(lane, names) for names in self.experience_lanes))
         out = {k: v for done in lanes for k, v in done.items()}
-        (logprobs, entropy), ref_logprobs, values = out["policy"], out["reference"], out["value"]
+        (logprobs, entropy), ref_logprobs = out["policy"], out["reference"]
+        values = out["value"] if "value" in out else torch.zeros_like(mask)  # critic-free: no value pass
         rm_scores, extra = out["reward"]
         rm_scores = rm_scores.to(self.device)
         scores = rm_scores
@@ -446,11 +470,18 @@ class PPOTrainer:
 
         # 5. Per-token rewards: -beta * KL_t (k1) with the score on the last token; GAE; whitening.
         kl = core.kl_k1(logprobs, ref_logprobs) * mask
-        rewards, non_score = core.per_token_rewards(scores, kl, mask, self.kl_ctl.value)
+        beta_in_reward = 0.0 if cfg.algorithm == "grpo" else self.kl_ctl.value  # GRPO: KL in the loss instead
+        rewards, non_score = core.per_token_rewards(scores, kl, mask, beta_in_reward)
         if cfg.whiten_rewards:
             rewards = core.masked_whiten(rewards, mask, shift_mean=False, moments=self._moments(rewards, mask))
-        advantages, returns = core.gae(rewards, values, mask, cfg.gae_gamma, cfg.gae_lambda)
-        if cfg.whiten_advantages:
+        if cfg.algorithm == "rloo":  # critic-free: the baseline is the prompt's other samples
+            advantages, _ = core.rloo_advantages(scores, kl, mask, self.kl_ctl.value, cfg.group_size)
+            returns = advantages
+        elif cfg.algorithm == "grpo":
+            advantages = returns = core.grpo_advantages(scores, mask, cfg.group_size)
+        else:
+            advantages, returns = core.gae(rewards, values, mask, cfg.gae_gamma, cfg.gae_lambda)
+        if cfg.whiten_advantages and cfg.algorithm != "grpo":  # GRPO's are normalised per group already
             advantages = core.masked_whiten(advantages, mask, moments=self._moments(advantages, mask))
 
         # Metrics of the global batch: per-sequence sums averaged over sequences, token means over tokens.
@@ -503,7 +534,10 @@ class PPOTrainer:
         cfg = self.config
         iteration = self.iteration if iteration is None else iteration
         self.policy.train()
-        self.value.train()
+        steps = [self._policy_step]
+        if self.value is not None:  # critic-free: no value step
+            self.value.train()
+            steps.append(self._value_step)
         totals: dict[str, Tensor] = {}
         update = 0
         for epoch in range(cfg.ppo_epochs):
@@ -519,7 +553,7 @@ class PPOTrainer:
                 # 6a. policy step and 6b. value step
                 for stats in self._concurrently(
                     partial(self._policy_step, parts, tokens, iteration, update),
-                    partial(self._value_step, parts, tokens),
+                    *(partial(step, parts, tokens) for step in steps[1:]),
                     balanced=self.balanced_update,
                 ):
                     for name, v in stats.items():
@@ -532,12 +566,15 @@ class PPOTrainer:
         n_tokens = max(t.get("tokens", 1.0), 1.0)
         metrics = {
             "policy_loss": t["policy_loss_sum"] / n_tokens,
-            "value_loss": t["value_loss_sum"] / n_tokens,
             "clipfrac": t["clipfrac_sum"] / n_tokens,
-            "vf_clipfrac": t["vf_clipfrac_sum"] / n_tokens,
             "approx_kl": t["approx_kl_sum"] / n_tokens,
             "lr": self.policy_sched.get_last_lr()[0],
         }
+        if "value_loss_sum" in t:
+            metrics["value_loss"] = t["value_loss_sum"] / n_tokens
+            metrics["vf_clipfrac"] = t["vf_clipfrac_sum"] / n_tokens
+        if "kl_loss_sum" in t:  # grpo
+            metrics["kl_loss"] = t["kl_loss_sum"] / n_tokens
         if "ptx_loss_sum" in t:
             metrics["ptx_loss"] = t["ptx_loss_sum"] / max(t["ptx_tokens"], 1.0)
         return metrics
@@ -559,6 +596,10 @@ class PPOTrainer:
                 loss, s = ppo_policy_loss(
                     logprobs, part.logprobs, part.advantages, part.mask, cfg.clip_range, token_count=tokens
                 )
+                if cfg.algorithm == "grpo":  # critic-free: beta * k3 KL to the reference as a loss term
+                    kl_loss = kl_penalty_loss(logprobs, part.ref_logprobs, part.mask, token_count=tokens)
+                    s["kl_loss_sum"] = kl_loss.detach() * tokens
+                    loss = loss + self.kl_ctl.value * kl_loss
                 self.precision.backward(self.acc, loss)
             release_freed_memory()
             _accumulate(stats, {**s, "policy_loss_sum": loss.detach() * tokens})
@@ -648,8 +689,8 @@ class PPOTrainer:
         return self.acc.unwrap_model(self.policy)
 
     @property
-    def unwrapped_value(self) -> ValueModel:
-        return self.acc.unwrap_model(self.value)
+    def unwrapped_value(self) -> ValueModel | None:
+        return None if self.value is None else self.acc.unwrap_model(self.value)
 
     def _policy_logprobs(self, q, qm, r, mask) -> tuple[Tensor, Tensor]:
         t = self.config.generation.temperature
@@ -731,15 +772,21 @@ class PPOTrainer:
         from safetensors.torch import save_file
 
         rngs = gather_object([{"sampling": self.sampling.get_state(), "torch": torch.get_rng_state()}])
-        weights = [trainable_state(m) for m in (self.unwrapped_policy, self.unwrapped_value)]  # collectives
-        opt_states = [optimizer_state(m, o) for m, o in ((self.policy, self.policy_opt), (self.value, self.value_opt))]
+        weights = [  # collectives under FSDP; critic-free runs have no value model
+            trainable_state(m) if m is not None else None for m in (self.unwrapped_policy, self.unwrapped_value)
+        ]
+        opt_states = [
+            optimizer_state(m, o) if m is not None else None
+            for m, o in ((self.policy, self.policy_opt), (self.value, self.value_opt))
+        ]
         path = None
         if self.is_main:
 
             def save_model(folder: Path) -> None:
                 folder.mkdir(parents=True, exist_ok=True)
                 save_file(weights[0], str(folder / POLICY_WEIGHTS))
-                save_file(weights[1], str(folder / VALUE_WEIGHTS))
+                if weights[1] is not None:  # critic-free runs have no value model
+                    save_file(weights[1], str(folder / VALUE_WEIGHTS))
 
             extra = {
                 "iteration": self.iteration,
@@ -749,7 +796,7 @@ class PPOTrainer:
                 "rng_per_rank": rngs,
                 "policy_optimizer": opt_states[0],
                 "value_optimizer": opt_states[1],
-                "value_scheduler": self.value_sched.state_dict(),
+                "value_scheduler": self.value_sched.state_dict() if self.value_sched is not None else None,
             }
             path = save_checkpoint(
                 self.run_dir,
@@ -767,14 +814,16 @@ class PPOTrainer:
         from safetensors.torch import load_file
 
         _load_trainable(policy, load_file(str(path / "model" / POLICY_WEIGHTS)), "policy")
-        _load_trainable(value, load_file(str(path / "model" / VALUE_WEIGHTS)), "value")
+        if value is not None:
+            _load_trainable(value, load_file(str(path / "model" / VALUE_WEIGHTS)), "value")
 
     def _load_checkpoint(self, path: Path) -> None:
         state = load_checkpoint(path, scheduler=self.policy_sched)
         extra = state["extra"]
         load_optimizer_state(self.policy, self.policy_opt, extra.get("policy_optimizer") or state["optimizer"])
-        load_optimizer_state(self.value, self.value_opt, extra["value_optimizer"])
-        self.value_sched.load_state_dict(extra["value_scheduler"])
+        if self.value is not None:
+            load_optimizer_state(self.value, self.value_opt, extra["value_optimizer"])
+            self.value_sched.load_state_dict(extra["value_scheduler"])
         self.kl_ctl.load_state_dict(extra["kl_controller"])
         self.score_moments = extra["score_moments"].clone()
         self.iteration = int(extra["iteration"])
@@ -844,7 +893,7 @@ def _block_params(model: Any) -> int:
 
 
 def _plan_lanes(
-    policy: Any, value: ValueModel, rm: Any, lora_reference: bool, ratio: float = 0.5
+    policy: Any, value: ValueModel | None, rm: Any, lora_reference: bool, ratio: float = 0.5
 ) -> tuple[list[tuple[str, ...]], bool]:
     """How the experience passes split into lanes, and whether the update's two steps run side by side.
 
@@ -858,11 +907,13 @@ def _plan_lanes(
     def even(x: int, y: int) -> bool:
         return min(x, y) >= ratio * max(x, y)
 
-    p, v = _block_params(policy), _block_params(value.trunk)
+    p, v = _block_params(policy), _block_params(value.trunk) if value is not None else 0
     r = _block_params(rm) if rm is not None else 0
     cost = {"policy": p, "reference": p, "value": v, "reward": r}
+    if value is None:  # critic-free: no value pass
+        del cost["value"]
     together = [{"policy", "reference"}] if lora_reference else []
-    if value.shares_trunk:
+    if value is not None and value.shares_trunk:
         together.append({"value", "reward"})
     names = tuple(cost)
     best: tuple[int, tuple[str, ...], tuple[str, ...]] | None = None

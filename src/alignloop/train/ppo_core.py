@@ -164,3 +164,40 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.
     token_logp = torch.gather(logp, -1, labels.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp.exp() * logp).sum(-1)
     return token_logp, entropy
+
+
+# ---------------------------------------------------------------------------------------------
+# Critic-free advantages (``ppo.algorithm: rloo | grpo``). The batch holds ``group_size``
+# consecutive samples of each prompt (rows [g*k, (g+1)*k) are prompt g's); the other samples of
+# the same prompt stand in for the value model as the baseline.
+
+
+def _groups(x: Tensor, group_size: int) -> Tensor:
+    if group_size < 2 or x.shape[0] % group_size:
+        raise ValueError(f"group_size: need >= 2 samples per prompt dividing the batch {x.shape[0]}, got {group_size}")
+    return x.view(-1, group_size)
+
+
+def rloo_advantages(scores: Tensor, kl: Tensor, mask: Tensor, beta: float, group_size: int) -> tuple[Tensor, Tensor]:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024; Kool et al. 2019), KL in the reward.
+
+    R_i = score_i - beta * sum_t KL_t (the sequence's RLHF reward, k1 summed over its tokens);
+    A_i = R_i - 1/(k-1) * sum_{j != i in i's group} R_j, the same for every token of response i.
+    Returns ``(advantages [B, T] zero on padding, R [B])``.
+    """
+    rewards = scores.to(kl.dtype) - beta * (kl * mask).sum(1)
+    g = _groups(rewards, group_size)
+    baseline = (g.sum(1, keepdim=True) - g) / (group_size - 1)  # mean of the group's other samples
+    advantages = (g - baseline).reshape(-1)
+    return advantages[:, None] * mask, rewards
+
+
+def grpo_advantages(scores: Tensor, mask: Tensor, group_size: int, eps: float = 1e-4) -> Tensor:
+    """Group-normalised advantages of GRPO (Shao et al. 2024): A_i = (s_i - mean_g s) / (std_g s + eps),
+    std with Bessel's correction, the same for every token of response i; no KL here (GRPO puts it
+    in the loss, :func:`~alignloop.train.losses.kl_penalty_loss`). A group whose samples all scored
+    the same gets advantage 0."""
+    g = _groups(scores.to(mask.dtype), group_size)
+    centred, std = g - g.mean(1, keepdim=True), g.std(1, keepdim=True)
+    advantages = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred)).reshape(-1)
+    return advantages[:, None] * mask

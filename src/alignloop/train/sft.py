@@ -223,14 +223,16 @@ def _build_model(cfg: SFTConfig, checkpoint_model: Path | None) -> Any:
     return get_peft_model(base, lora)
 
 
-def export_model(model: Any, tokenizer: Any, out: Path) -> None:
-    """Save a plain HF folder (LoRA merged into the weights, dropout 0 in its config) with tokenizer."""
+def export_model(model: Any, tokenizer: Any, out: Path, *, in_place: bool = False) -> None:
+    """Save a plain HF folder (LoRA merged into the weights, dropout 0 in its config) with tokenizer.
+    ``in_place``: merge and switch dropout off in ``model`` itself instead of a copy (when training
+    is over: no second copy of the weights in memory)."""
     with quiet_hf():
-        _export(model, tokenizer, out)
+        _export(model, tokenizer, out, in_place)
 
 
-def _export(model: Any, tokenizer: Any, out: Path) -> None:
-    plain = copy.deepcopy(model)
+def _export(model: Any, tokenizer: Any, out: Path, in_place: bool = False) -> None:
+    plain = model if in_place else copy.deepcopy(model)
     plain.__dict__.pop("forward", None)  # an autocast wrapper bound to the original (Precision.wrap)
     if hasattr(plain, "merge_and_unload"):
         plain = plain.merge_and_unload()

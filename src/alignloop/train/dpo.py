@@ -1,0 +1,414 @@
+"""Direct preference optimisation on the K-way rankings, all C(K,2) pairs of a prompt as ONE element.
+
+The policy is trained on the labelers' rankings directly, without a reward model or sampling
+(Rafailov et al. 2023); the reference is the SFT policy it starts from. As for the reward model
+(:mod:`alignloop.train.reward`), a batch element is one prompt with its K ranked completions:
+each completion gets one policy forward per step, and the pair (or listwise) losses come from
+those K sequence log-probabilities (:func:`~alignloop.train.losses.dpo_kway_loss`). Expanding
+a ranking into C(K,2) pairs, as pair-based trainers do, costs 2*C(K,2) policy forwards and as
+many reference forwards per prompt; here it is K policy forwards, and K reference forwards
+once per run: the reference is frozen, so its log-probs are computed before the first step
+(from the starting weights, which ARE the reference: no second model is held in memory),
+cached in the run folder and reused by every epoch and by a resume.
+
+One run, in the order the code runs it:
+  1. tokenise every completion once (the chat-formatted query + completion + EOS, the SFT rows);
+  2. the reference log-probs of every training and held-out completion (cached);
+  3. per optimizer step: ``prompts_per_step`` rankings from the epoch's shuffled order (this
+     rank's slice), grouped into chunks of whole prompts of at most ``micro_batch_completions``
+     completions; per chunk one forward, the K-way loss, backward scaled by the chunk's share of
+     the step's prompts (the accumulated gradient is the mean over the step's prompts);
+  4. clip, AdamW step, cosine LR step; held-out metrics every ``eval_every`` steps and at epoch ends;
+  5. the policy as a plain HF folder in ``RUN_DIR/policy`` (LoRA merged).
+
+Metrics: loss, implicit-reward accuracy (share of untied pairs with h_w > h_l, where
+h = beta * log(pi / pi_ref)), reward margin, mean chosen/rejected reward, and ``kl_ref``: the
+mean over held-out completions of log pi_ref(y|x) - log pi(y|x). The held-out completions are
+samples of the SFT policy in the loop, so this is a Monte-Carlo estimate of KL(pi_SFT || pi)
+(the direction sampled from the reference; zero at the start, grows as the policy moves away).
+
+Run folder (as every trainer: :mod:`alignloop.train.runlog`, :mod:`alignloop.train.checkpoint`)::
+
+    RUN_DIR/config.yaml  metrics.jsonl  tb/  checkpoints/step-NNNNNN/  reference_logprobs.pt
+    RUN_DIR/policy/      the trained policy (HF folder with tokenizer)   finished.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from alignloop.config import DPOConfig
+from alignloop.data.records import Ranking
+from alignloop.errors import AlignloopError
+from alignloop.models.loading import load_tokenizer
+from alignloop.models.reward import pad_id
+from alignloop.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from alignloop.train.distributed import build_accelerator, epoch_order, rank_slice, seed_everything, step_indices
+from alignloop.train.losses import dpo_kway_loss
+from alignloop.train.reward import chunk_prompts, split_by_prompt
+from alignloop.train.runlog import RunLog, track
+from alignloop.train.schedule import build_optimizer, cosine_with_warmup, warmup_steps
+from alignloop.train.sft import (
+    IGNORE,
+    SFTExample,
+    _build_model,
+    _check_resumable,
+    build_example,
+    collate,
+    export_model,
+    quiet_hf,
+    response_logits,
+)
+
+POLICY_SUBDIR = "policy"
+REFERENCE_CACHE = "reference_logprobs.pt"
+FINISHED = "finished.json"
+
+
+# ---------------------------------------------------------------- 1. rankings -> token rows
+
+
+@dataclass
+class EncodedRanking:
+    """One batch element: the K completions of a prompt as SFT rows, their ranks (0 = best), and
+    ``offset``: the index of its first completion in the flat reference cache."""
+
+    items: list[SFTExample]
+    ranks: list[int]
+    offset: int
+
+    @property
+    def has_pairs(self) -> bool:
+        return len(set(self.ranks)) > 1
+
+
+def encode_rankings(tokenizer: Any, rankings: Sequence[Ranking], max_length: int) -> list[EncodedRanking]:
+    """Every completion once as (chat query + completion + EOS) with labels on the response only:
+    the rows SFT trains on, so DPO scores exactly the sequences the policy samples."""
+    out, offset = [], 0
+    for r in rankings:
+        items = [build_example(tokenizer, r.prompt, c, max_length) for c in r.completions]
+        out.append(EncodedRanking(items, r.ranks(), offset))
+        offset += r.k
+    return out
+
+
+def sequence_logprobs(model: Any, rows: Sequence[SFTExample], pad: int, device: torch.device) -> torch.Tensor:
+    """log pi(y | x) per row: the sum of the response tokens' log-probabilities (temperature 1),
+    one forward over the batch, logits only over the window that holds response tokens."""
+    batch = {k: v.to(device) for k, v in collate(rows, pad).items()}
+    logits, labels = response_logits(model, batch)
+    logits, labels = logits[:, :-1], labels[:, 1:]  # logits at t predict token t + 1
+    nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
+    return -nll.view_as(labels).sum(1)
+
+
+def _grid(flat: torch.Tensor, chunk: Sequence[EncodedRanking], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Flat per-completion values of a chunk -> ([B, Kmax] values, ranks, k_mask), padding 0."""
+    kmax = max(len(r.items) for r in chunk)
+    k_mask = torch.tensor([[1] * len(r.items) + [0] * (kmax - len(r.items)) for r in chunk], device=device)
+    ranks = torch.tensor([r.ranks + [0] * (kmax - len(r.ranks)) for r in chunk], device=device)
+    grid = torch.zeros(k_mask.shape, dtype=flat.dtype, device=device).masked_scatter(k_mask.bool(), flat)
+    return grid, ranks, k_mask
+
+
+def _ref_grid(ref: torch.Tensor, chunk: Sequence[EncodedRanking], device: torch.device) -> torch.Tensor:
+    idx = torch.tensor([r.offset + i for r in chunk for i in range(len(r.items))])
+    return _grid(ref[idx].to(device), chunk, device)[0]
+
+
+# ---------------------------------------------------------------- 2. the reference cache
+
+
+@torch.no_grad()
+def reference_logprobs(
+    model: Any, data: Sequence[EncodedRanking], pad: int, micro_batch: int, device: torch.device
+) -> torch.Tensor:
+    """log pi_ref(y|x) of every completion, flat in ranking order (dropout off while computing)."""
+    was_training = model.training
+    model.eval()
+    parts = [torch.zeros(0)]
+    try:
+        for chunk in chunk_prompts(data, micro_batch):
+            parts.append(sequence_logprobs(model, [it for r in chunk for it in r.items], pad, device).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(parts)
+
+
+def _fingerprint(rankings: Sequence[Ranking]) -> str:
+    h = hashlib.sha1()
+    for r in rankings:
+        h.update(json.dumps([r.prompt, r.completions, r.ranks()]).encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- metrics
+
+
+class _Tally:
+    """Chunk metrics -> step/eval figures: loss per prompt, pair metrics per pair, KL per completion."""
+
+    PAIR_KEYS = ("accuracy", "margin", "chosen", "rejected")
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(("loss", *self.PAIR_KEYS, "kl_ref"), 0.0)
+        self.prompts = self.pairs = self.completions = 0
+
+    def add(self, loss: torch.Tensor, m: dict[str, torch.Tensor], kl_sum: float, n_completions: int) -> None:
+        n_prompts, n_pairs = int(m["n_prompts"]), int(m["n_pairs"])
+        self.sums["loss"] += float(loss.detach()) * n_prompts
+        for k in self.PAIR_KEYS:
+            self.sums[k] += float(m[k]) * n_pairs
+        self.sums["kl_ref"] += kl_sum
+        self.prompts += n_prompts
+        self.pairs += n_pairs
+        self.completions += n_completions
+
+    def all_sum(self, acc: Any) -> _Tally:
+        """The tally of every process together (each holds its share of the step's prompts)."""
+        if acc.num_processes > 1:
+            keys = list(self.sums)
+            local = [self.sums[k] for k in keys] + [self.prompts, self.pairs, self.completions]
+            total = acc.reduce(torch.tensor(local, dtype=torch.float64, device=acc.device), "sum").tolist()
+            self.sums = dict(zip(keys, total[: len(keys)], strict=True))
+            self.prompts, self.pairs, self.completions = (int(x) for x in total[len(keys) :])
+        return self
+
+    def result(self, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}/loss": self.sums["loss"] / max(self.prompts, 1)}
+        out |= {f"{prefix}/{k}": self.sums[k] / max(self.pairs, 1) for k in self.PAIR_KEYS}
+        out[f"{prefix}/kl_ref"] = self.sums["kl_ref"] / max(self.completions, 1)
+        out[f"{prefix}/pairs"] = float(self.pairs)
+        return out
+
+
+def _chunk_loss(model: Any, chunk: Sequence[EncodedRanking], ref: torch.Tensor, pad: int, device, cfg: DPOConfig):
+    """(loss, metrics, KL sum) of one chunk: one policy forward over its completions."""
+    logps = sequence_logprobs(model, [it for r in chunk for it in r.items], pad, device)
+    logps, ranks, k_mask = _grid(logps, chunk, device)
+    ref_logps = _ref_grid(ref, chunk, device)
+    loss, m = dpo_kway_loss(logps, ref_logps, ranks, k_mask, cfg.beta, cfg.loss)
+    kl_sum = float(((ref_logps - logps.detach()) * k_mask).sum())
+    return loss, m, kl_sum
+
+
+@torch.no_grad()
+def evaluate_dpo(
+    model: Any, data: Sequence[EncodedRanking], ref: torch.Tensor, pad: int, cfg: DPOConfig, prefix: str = "val"
+) -> dict[str, float]:
+    """Held-out loss, implicit-reward accuracy, reward margin and KL estimate (no gradient, dropout off)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    tally = _Tally()
+    try:
+        for chunk in chunk_prompts(data, cfg.micro_batch_completions):
+            loss, m, kl_sum = _chunk_loss(model, chunk, ref, pad, device, cfg)
+            tally.add(loss, m, kl_sum, sum(len(r.items) for r in chunk))
+    finally:
+        model.train(was_training)
+    return tally.result(prefix)
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+@dataclass
+class DPOResult:
+    """What a run produced: the policy folder and its final figures."""
+
+    run_dir: Path
+    policy_dir: Path
+    steps: int
+    train_seconds: float
+    train: dict[str, float] = field(default_factory=dict)  # last step's train/* metrics
+    val: dict[str, float] = field(default_factory=dict)  # last held-out evaluation (val/*)
+    reference_seconds: float = 0.0  # computing the cached reference log-probs (once per run)
+
+
+def train_dpo(
+    cfg: DPOConfig,
+    rankings: Sequence[Ranking],
+    out_dir: str | os.PathLike[str],
+    *,
+    val: Sequence[Ranking] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> DPOResult:
+    """Train ``cfg.model`` (the SFT policy, also the reference) on ``rankings``; write ``out_dir``.
+
+    ``val``: held-out rankings (default: ``cfg.val_fraction`` of the prompts, split off by
+    prompt). ``resume`` continues from the newest checkpoint in ``out_dir`` exactly (weights,
+    optimizer, schedule, RNG, data position, the cached reference log-probs); resuming a
+    finished run returns it. ``on_step(step, metrics)`` is called after every step, its metrics
+    carrying ``train_seconds`` (time in training steps only, for benchmarks).
+    """
+    out = Path(out_dir)
+    rankings = list(rankings)
+    if not rankings:
+        raise AlignloopError("no rankings to train on", "give a rankings JSONL file with at least one line")
+    if val is None:
+        rankings, val = split_by_prompt(rankings, cfg.val_fraction, cfg.seed)
+    val = list(val)
+    data_fp = _fingerprint(rankings) + _fingerprint(val)
+    ckpt = latest_checkpoint(out) if resume else None
+    if not resume and (list_checkpoints(out) or (out / POLICY_SUBDIR).exists()):
+        raise AlignloopError(f"{out} already holds a DPO run", "pass --resume to continue it, or choose a new --out")
+    if resume:
+        _check_resumable(out, cfg)  # the one config guard every trainer uses
+        if ckpt is None and (out / FINISHED).exists():
+            return _finished(out, data_fp)
+        if ckpt is None:
+            raise AlignloopError(f"nothing to resume: {out} has no checkpoint", "drop --resume to start a new run")
+
+    # 1. tokenise; model, optimizer, schedule
+    # cpu=True without CUDA: otherwise Accelerate ignores a multi-process launch on CPU (gloo)
+    acc = build_accelerator(cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    main = acc.is_main_process
+    seed_everything(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model.name)
+    pad = pad_id(tokenizer)
+    train_data = encode_rankings(tokenizer, rankings, cfg.max_length)
+    val_data = encode_rankings(tokenizer, val, cfg.max_length)
+    with quiet_hf():
+        model = _build_model(cfg, ckpt / "model" if ckpt is not None else None)  # type: ignore[arg-type]
+    model.to(acc.device)
+
+    # 2. reference log-probs: computed from the starting weights (the SFT policy) once, cached
+    cache = out / REFERENCE_CACHE
+    if ckpt is not None:
+        saved = torch.load(cache, map_location="cpu") if cache.exists() else None
+        if saved is None or saved["data"] != data_fp:
+            raise AlignloopError(
+                f"cannot resume {out}: the rankings differ from the run's (or {REFERENCE_CACHE} is missing)",
+                "resume with the same --data and --val files",
+            )
+        ref_train, ref_val, reference_seconds = saved["train"], saved["val"], saved["seconds"]
+    else:
+        t0 = time.perf_counter()
+        ref_train = reference_logprobs(model, train_data, pad, cfg.micro_batch_completions, acc.device)
+        reference_seconds = time.perf_counter() - t0  # the training rankings only: the cost of an epoch's reference
+        ref_val = reference_logprobs(model, val_data, pad, cfg.micro_batch_completions, acc.device)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save({"data": data_fp, "train": ref_train, "val": ref_val, "seconds": reference_seconds}, cache)
+    model.train()
+
+    steps_per_epoch = math.ceil(len(train_data) / cfg.prompts_per_step)
+    total = cfg.epochs * steps_per_epoch
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    scheduler = cosine_with_warmup(optimizer, total, warmup_steps(total, cfg.warmup_ratio), cfg.min_lr_ratio)
+    start, train_seconds = 0, 0.0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, optimizer=optimizer, scheduler=scheduler)
+        start, train_seconds = state["step"], state["extra"]["train_seconds"]
+    model, optimizer = acc.prepare(model, optimizer)
+    log = RunLog(out, cfg, resume_step=start if ckpt is not None else None, enabled=main)
+
+    def save(step: int) -> None:
+        def save_model(path: Path) -> None:
+            with quiet_hf():
+                acc.unwrap_model(model).save_pretrained(str(path))
+                tokenizer.save_pretrained(str(path))
+
+        if main:
+            save_checkpoint(
+                out, step, save_model, optimizer=optimizer, scheduler=scheduler, keep=cfg.keep_checkpoints,
+                extra={"train_seconds": train_seconds},
+            )  # fmt: skip
+        acc.wait_for_everyone()
+
+    def evaluate(step: int) -> dict[str, float]:
+        if not val_data:
+            return {}
+        metrics = evaluate_dpo(acc.unwrap_model(model), val_data, ref_val, pad, cfg)
+        log.log(step, metrics)
+        return metrics
+
+    # the starting point: all implicit rewards are 0, the KL estimate is 0
+    last_val = evaluate(0) if start == 0 else {}
+    last_train: dict[str, float] = {}
+    orders: dict[int, list[int]] = {}
+    done = start
+    # 3.-4. optimizer steps
+    for step in track(range(start, total), "dpo", total=total - start, enabled=progress and main):
+        epoch, pos = divmod(step, steps_per_epoch)
+        if epoch not in orders:
+            orders = {epoch: epoch_order(len(train_data), cfg.seed, epoch)}
+        indices = step_indices(orders[epoch], pos, cfg.prompts_per_step, acc.num_processes)
+        batch = [train_data[i] for i in rank_slice(indices, acc.process_index, acc.num_processes)]
+
+        t0 = time.perf_counter()
+        tally = _train_step(model, optimizer, scheduler, acc, batch, ref_train, pad, cfg)
+        train_seconds += time.perf_counter() - t0
+        done = step + 1
+        last_train = tally.all_sum(acc).result("train")
+        last_train |= {"lr": scheduler.get_last_lr()[0], "epoch": done / steps_per_epoch}
+        log.log(done, last_train)
+        if on_step is not None:
+            on_step(done, last_train | {"train_seconds": train_seconds})
+        end_of_epoch = pos + 1 == steps_per_epoch
+        if end_of_epoch or (cfg.eval_every and done % cfg.eval_every == 0):
+            last_val = evaluate(done) or last_val
+        # The last step writes policy/ instead of a checkpoint (a full model with Adam state is
+        # several times the policy's size); a finished run has nothing left to resume.
+        if done < total and (end_of_epoch or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+            save(done)
+
+    # 5. the policy
+    policy_dir = out / POLICY_SUBDIR
+    if main:
+        export_model(acc.unwrap_model(model), tokenizer, policy_dir, in_place=True)
+        record = {"steps": done, "train_seconds": train_seconds, "train": last_train, "val": last_val}
+        record["reference_seconds"] = reference_seconds
+        (out / FINISHED).write_text(json.dumps(record | {"data": data_fp}))
+    log.close()
+    acc.wait_for_everyone()
+    return DPOResult(out, policy_dir, done, train_seconds, last_train, last_val, reference_seconds)
+
+
+def _finished(out: Path, data_fp: str) -> DPOResult:
+    """The result of a run that already finished, after checking it was trained on the same rankings."""
+    record = json.loads((out / FINISHED).read_text())
+    if record["data"] != data_fp:
+        raise AlignloopError(
+            f"cannot resume {out}: the rankings differ from the finished run's", "resume with the same --data and --val"
+        )
+    r = record
+    return DPOResult(
+        out, out / POLICY_SUBDIR, r["steps"], r["train_seconds"], r["train"], r["val"], r["reference_seconds"]
+    )
+
+
+def _train_step(model, optimizer, scheduler, acc, batch: list[EncodedRanking], ref: torch.Tensor, pad, cfg) -> _Tally:
+    """Step 3-4 of the module docstring: micro-batched forwards, accumulated backward, update."""
+    tally = _Tally()
+    n_prompts = max(1, sum(r.has_pairs for r in batch))
+    optimizer.zero_grad(set_to_none=True)
+    chunks = chunk_prompts(batch, cfg.micro_batch_completions)
+    for i, chunk in enumerate(chunks):
+        with contextlib.nullcontext() if i == len(chunks) - 1 else acc.no_sync(model):
+            loss, m, kl_sum = _chunk_loss(model, chunk, ref, pad, acc.device, cfg)
+            if int(m["n_prompts"]) > 0:
+                # the chunk's share of the step's prompts: summed over chunks, the mean over prompts
+                acc.backward(loss * (int(m["n_prompts"]) / n_prompts))
+        tally.add(loss, m, kl_sum, sum(len(r.items) for r in chunk))
+    if cfg.max_grad_norm > 0:
+        acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return tally
