@@ -55,7 +55,14 @@ from alignloop.errors import AlignloopError
 from alignloop.models.loading import load_tokenizer
 from alignloop.models.reward import pad_id
 from alignloop.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from alignloop.train.distributed import build_accelerator, epoch_order, rank_slice, seed_everything, step_indices
+from alignloop.train.distributed import (
+    Precision,
+    build_accelerator,
+    epoch_order,
+    rank_slice,
+    seed_everything,
+    step_indices,
+)
 from alignloop.train.losses import dpo_kway_loss
 from alignloop.train.reward import chunk_prompts, split_by_prompt
 from alignloop.train.runlog import RunLog, track
@@ -276,8 +283,10 @@ def train_dpo(
             raise AlignloopError(f"nothing to resume: {out} has no checkpoint", "drop --resume to start a new run")
 
     # 1. tokenise; model, optimizer, schedule
-    # cpu=True without CUDA: otherwise Accelerate ignores a multi-process launch on CPU (gloo)
-    acc = build_accelerator(cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    # The CPU without CUDA (a multi-process CPU launch runs over gloo); the compute precision is ours
+    # (autocast over fp32 weights, as in the other trainers), never Accelerate's process-wide setting.
+    acc = build_accelerator()
+    precision = Precision({"no": "fp32", "bf16": "bf16", "fp16": "fp16"}[cfg.mixed_precision], acc.device)
     main = acc.is_main_process
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.name)
@@ -287,6 +296,7 @@ def train_dpo(
     with quiet_hf():
         model = _build_model(cfg, ckpt / "model" if ckpt is not None else None)  # type: ignore[arg-type]
     model.to(acc.device)
+    precision.wrap(model)
 
     # 2. reference log-probs: computed from the starting weights (the SFT policy) once, cached
     cache = out / REFERENCE_CACHE
@@ -353,7 +363,7 @@ def train_dpo(
         batch = [train_data[i] for i in rank_slice(indices, acc.process_index, acc.num_processes)]
 
         t0 = time.perf_counter()
-        tally = _train_step(model, optimizer, scheduler, acc, batch, ref_train, pad, cfg)
+        tally = _train_step(model, optimizer, scheduler, acc, precision, batch, ref_train, pad, cfg)
         train_seconds += time.perf_counter() - t0
         done = step + 1
         last_train = tally.all_sum(acc).result("train")
@@ -394,7 +404,9 @@ def _finished(out: Path, data_fp: str) -> DPOResult:
     )
 
 
-def _train_step(model, optimizer, scheduler, acc, batch: list[EncodedRanking], ref: torch.Tensor, pad, cfg) -> _Tally:
+def _train_step(
+    model, optimizer, scheduler, acc, precision: Precision, batch: list[EncodedRanking], ref: torch.Tensor, pad, cfg
+) -> _Tally:
     """Step 3-4 of the module docstring: micro-batched forwards, accumulated backward, update."""
     tally = _Tally()
     n_prompts = max(1, sum(r.has_pairs for r in batch))
@@ -405,10 +417,8 @@ def _train_step(model, optimizer, scheduler, acc, batch: list[EncodedRanking], r
             loss, m, kl_sum = _chunk_loss(model, chunk, ref, pad, acc.device, cfg)
             if int(m["n_prompts"]) > 0:
                 # the chunk's share of the step's prompts: summed over chunks, the mean over prompts
-                acc.backward(loss * (int(m["n_prompts"]) / n_prompts))
+                precision.backward(acc, loss * (int(m["n_prompts"]) / n_prompts))
         tally.add(loss, m, kl_sum, sum(len(r.items) for r in chunk))
-    if cfg.max_grad_norm > 0:
-        acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    optimizer.step()
+    precision.step(optimizer, model.parameters(), cfg.max_grad_norm)  # unscale (fp16), clip, step
     scheduler.step()
     return tally
