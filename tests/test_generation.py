@@ -212,3 +212,16 @@ def test_samples_of_one_prompt_share_its_prefill(tiny) -> None:
     for i, p in enumerate(prompts):
         alone = generate(model, tok, [p], GenerationConfig(max_new_tokens=6, temperature=0))
         assert greedy.response_ids[i].tolist() == alone.response_ids[0].tolist()
+
+
+def test_decoded_responses_never_hold_nul(tiny) -> None:
+    """A sampled byte 0 (byte-level BPE) is dropped: the feedback service and PostgreSQL refuse NUL."""
+    from alignloop.models.generation import decode_responses
+
+    tok = tiny[1]
+    nul = next(i for i in range(tok.vocab_size) if tok.decode([i]) == "\x00")
+    word = tok.encode("ok", add_special_tokens=False)
+    ids = torch.tensor([word + [nul] + word])
+    mask = torch.ones_like(ids)
+    assert tok.decode(ids[0].tolist()) == "ok\x00ok"  # what the tokenizer alone gives
+    assert decode_responses(tok, ids, mask, torch.tensor([False])) == ["okok"]

@@ -293,7 +293,7 @@ async def create_campaign(
     items = parse_items(await file.read(), file.filename or "upload")
     group_names = _names(groups)
     with request.app.state.db.write() as s:
-        c = Campaign(**body.model_dump())
+        c = Campaign(**body.model_dump(exclude={"items"}))  # the file holds the items
         s.add(c)
         try:
             s.flush()

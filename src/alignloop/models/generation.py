@@ -253,11 +253,15 @@ def _sample_micro_batch(
 
 
 def decode_responses(tokenizer: Any, response_ids: torch.Tensor, response_mask: torch.Tensor, has_eos: torch.Tensor):
-    """Response texts truncated before the first EOS, special tokens stripped."""
+    """Response texts truncated before the first EOS, special tokens stripped.
+
+    NUL characters are dropped: a byte-level BPE can decode a sampled byte 0 (a random or badly
+    trained model does), and no store or labeling page should receive it (PostgreSQL refuses NUL in
+    text, and the feedback service rejects it with a 422)."""
     texts = []
     for ids, n, eos in zip(response_ids.tolist(), response_mask.sum(-1).tolist(), has_eos.tolist(), strict=True):
         keep = ids[: n - 1] if eos else ids[:n]
-        texts.append(tokenizer.decode(keep, skip_special_tokens=True))
+        texts.append(tokenizer.decode(keep, skip_special_tokens=True).replace("\x00", ""))
     return texts
 
 
