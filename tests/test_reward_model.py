@@ -30,12 +30,12 @@ from alignloop.models.reward import (
 from alignloop.train.reward import (
     EncodedRanking,
     chunk_prompts,
-    crossval,
     encode_rankings,
     expand_pairs,
     split_by_prompt,
     train_reward_model,
 )
+from alignloop.train.reward_crossval import crossval
 from alignloop.train.runlog import read_metrics
 
 POSITIVE = "great wonderful helpful clear friendly excellent happy useful lovely".split()

@@ -229,7 +229,7 @@ def test_lora_run_saves_merged_plain_folders(tmp_path) -> None:
 def test_existing_run_is_not_overwritten_and_resume_needs_the_same_config(tmp_path) -> None:
     cfg = tiny_cfg(epochs=1, batch_size=4)
     train_sft(cfg, demos(4), None, tmp_path / "run")
-    with pytest.raises(AlignloopError, match="already holds an SFT run"):
+    with pytest.raises(AlignloopError, match="is not empty: it already holds"):
         train_sft(cfg, demos(4), None, tmp_path / "run")
     with pytest.raises(AlignloopError, match="config differs .* in lr"):
         train_sft(tiny_cfg(epochs=1, batch_size=4, lr=1e-3), demos(4), None, tmp_path / "run", resume=True)
@@ -264,7 +264,7 @@ def test_cli_sft_trains_resumes_and_reports_bad_input(tmp_path) -> None:
     assert (saved.model.name, saved.epochs, saved.lr, saved.batch_size) == ("tiny", 1, 0.01, 2)
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
 
-    with pytest.raises(AlignloopError, match="already holds an SFT run"):
+    with pytest.raises(AlignloopError, match="is not empty: it already holds"):
         CliRunner().invoke(app, args, catch_exceptions=False)
     # --resume without --config reads the run's own config.yaml (no steps left: re-exports final/)
     resumed = CliRunner().invoke(
