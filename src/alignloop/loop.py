@@ -386,7 +386,8 @@ class _Run:
         return self.out / f"round-{rnd['index']}"
 
     def seed(self, rnd: dict[str, Any]) -> int:
-        return self.cfg.ppo.seed + 1000 * rnd["index"]
+        """Round i's seed (its ranking samples and its PPO run): ``LoopConfig.round_seed_stride``."""
+        return self.cfg.ppo.seed + self.cfg.round_seed_stride * rnd["index"]
 
     def rm_prompts(self, rnd: dict[str, Any]) -> list[Prompt]:
         """Round i's fresh, disjoint chunk of the RM prompts."""
