@@ -210,6 +210,12 @@ def start_loop(cfg: LoopConfig, out: str | Path, inputs: LoopInputs) -> LoopStat
     return LoopState.create(out, sft_policy=inputs.sft_policy, best_policy=inputs.sft_policy, source=cfg.ranking_source)
 
 
+def reaches_stop_threshold(cfg: LoopConfig, rate: float) -> bool:
+    """Whether a round's win rate (of ``cfg.stop_metric``) ends the loop early: at or above
+    ``cfg.stop_threshold`` (never when that is None)."""
+    return cfg.stop_threshold is not None and rate >= cfg.stop_threshold
+
+
 def run_loop(
     out: str | Path,
     *,
@@ -248,8 +254,8 @@ def run_loop(
             rnd = state.start_round(i, state.data["best_policy"])
             run.round(rnd)
             rate = rnd["decision"]["rate"]
-            if (cfg.stop_threshold is not None and rate >= cfg.stop_threshold) or i == cfg.rounds:
-                if cfg.stop_threshold is not None and rate >= cfg.stop_threshold and i < cfg.rounds:
+            if reaches_stop_threshold(cfg, rate) or i == cfg.rounds:
+                if reaches_stop_threshold(cfg, rate) and i < cfg.rounds:
                     log(f"stopping after round {i}: win rate {rate:.3f} >= threshold {cfg.stop_threshold}")
                 state.data["finished"] = True
                 state.save()
