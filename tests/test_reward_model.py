@@ -338,6 +338,21 @@ def test_cli_train_eval_and_errors(tmp_path, data) -> None:
     result = runner.invoke(app, ["rm", "eval", str(tmp_path / "run" / "model"), "--data", str(tmp_path / "val.jsonl")])
     assert result.exit_code == 0 and "pairwise accuracy" in result.output and "(48 pairs)" in result.output
 
+    # the run folder (train/run_folder.py): a second run into it is refused, naming the folder and the flags
+    with pytest.raises(AlignloopError, match=r"run is not empty: it already holds .*--resume.*--overwrite"):
+        runner.invoke(app, args, catch_exceptions=False)
+    with pytest.raises(AlignloopError, match="config differs from the run's config.yaml in lr"):
+        runner.invoke(app, [*args, "--resume", "--lr", "0.01"], catch_exceptions=False)
+    first_model = (tmp_path / "run" / "model" / "model.safetensors").read_bytes()
+    (tmp_path / "run" / "notes.txt").write_text("not the run's")
+    with pytest.raises(AlignloopError, match="also holds notes.txt"):
+        runner.invoke(app, [*args, "--overwrite", "--lr", "0.01"], catch_exceptions=False)
+    assert (tmp_path / "run" / "model" / "model.safetensors").read_bytes() == first_model  # nothing deleted
+    (tmp_path / "run" / "notes.txt").unlink()
+    result = runner.invoke(app, [*args, "--overwrite", "--lr", "0.01"], catch_exceptions=False)
+    assert result.exit_code == 0 and "lr: 0.01" in (tmp_path / "run" / "config.yaml").read_text()
+    assert (tmp_path / "run" / "model" / "model.safetensors").read_bytes() != first_model
+
     # bad input: a file that is not rankings, a folder that is not a reward model
     (tmp_path / "bad.jsonl").write_text(
         '{"prompt_id": "p", "prompt": "x", "completions": ["a", "b"], "order": [0, 0]}\n'

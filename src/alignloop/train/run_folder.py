@@ -126,7 +126,7 @@ def open_run(
         ckpt = None if finished else latest_checkpoint(run)
         if ckpt is None and not finished:
             raise AlignloopError(
-                f"nothing to resume: {run} holds no checkpoint of a {stage} run",
+                f"nothing to resume: {run} holds no {stage} checkpoint",
                 "drop --resume to start a new run (add --overwrite when the folder is not empty)",
             )
         check_same_config(run, cfg)
