@@ -365,3 +365,13 @@ def test_cli_train_eval_and_errors(tmp_path, data) -> None:
         )
     with pytest.raises(AlignloopError, match="not a reward model folder"):
         runner.invoke(app, ["rm", "eval", str(tmp_path), "--data", str(tmp_path / "val.jsonl")], catch_exceptions=False)
+
+
+def test_adam_settings_come_from_the_config(tmp_path, data) -> None:
+    from alignloop.train.checkpoint import STATE_FILE, latest_checkpoint
+
+    cfg = tiny_cfg(epochs=1, adam_betas=(0.8, 0.99), adam_eps=1e-6)
+    train_reward_model(cfg, data["train"][:4], tmp_path / "run", val=[], progress=False)
+    state = torch.load(latest_checkpoint(tmp_path / "run") / STATE_FILE, weights_only=False)
+    groups = state["extra"]["optimizer_state"]["param_groups"]
+    assert {(tuple(g["betas"]), g["eps"]) for g in groups} == {((0.8, 0.99), 1e-6)}

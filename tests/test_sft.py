@@ -332,3 +332,15 @@ def test_resuming_a_finished_run_returns_it_without_training(tmp_path) -> None:
     assert again.evals == first.evals
     after = weights(again.final_dir)
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was trained again
+
+
+def test_adam_settings_come_from_the_config(tmp_path) -> None:
+    from alignloop.train.checkpoint import STATE_FILE
+
+    cfg = tiny_cfg(epochs=2, adam_betas=(0.8, 0.99), adam_eps=1e-6)
+    train_sft(cfg, demos(4), None, tmp_path / "run", stop_at_step=1)
+    state = torch.load(list_checkpoints(tmp_path / "run")[-1] / STATE_FILE, weights_only=False)
+    groups = state["extra"]["optimizer_state"]["param_groups"]
+    assert {(tuple(g["betas"]), g["eps"]) for g in groups} == {((0.8, 0.99), 1e-6)}
+    with pytest.raises(ValueError, match=r"adam_betas: must be two numbers in \[0, 1\)"):
+        tiny_cfg(adam_betas=(0.9, 1.0)).validate()

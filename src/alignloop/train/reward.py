@@ -161,7 +161,7 @@ def train_reward_model(
     if cfg.distributed.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     model, _ = place_model(model, accelerator, cfg.distributed.strategy, precision)  # shard before the optimizer
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps)
     scheduler = cosine_with_warmup(optimizer, total, warmup_steps(total, cfg.warmup_ratio))
 
     start, train_seconds = 0, 0.0

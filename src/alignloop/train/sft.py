@@ -219,7 +219,7 @@ def train_sft(
     if dist_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     model, _ = place_model(model, acc, dist_cfg.strategy, precision)  # sharded before the optimizer sees it
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps)
     scheduler = cosine_with_warmup(
         optimizer, total_steps, warmup_steps(total_steps, cfg.warmup_ratio), cfg.min_lr_ratio
     )
