@@ -54,6 +54,19 @@ def test_resume_finds_the_checkpoint_and_names_every_changed_field(tmp_path) -> 
     assert changed_fields({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 1, "c": 5}, "d": 3, "e": 0}) == ["a.c", "e"]
 
 
+def test_a_field_added_after_the_run_began_counts_as_its_default(tmp_path) -> None:
+    import yaml
+
+    run = tmp_path / "run"
+    _fake_run(run, SFTConfig())
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["adam_eps"], saved["distributed"]["dtype"]  # a config.yaml written before these fields existed
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert open_run(run, SFTConfig(), stage="SFT", resume=True).checkpoint is not None
+    with pytest.raises(AlignloopError, match=r"in adam_eps$|in adam_eps \("):
+        open_run(run, SFTConfig(adam_eps=1e-6), stage="SFT", resume=True)
+
+
 def test_resume_without_a_checkpoint_is_an_error_but_a_finished_run_is_returned(tmp_path) -> None:
     cfg = SFTConfig()
     _fake_run(tmp_path / "run", cfg, step=None)  # died before its first checkpoint

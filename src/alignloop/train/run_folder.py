@@ -88,13 +88,22 @@ def changed_fields(saved: Any, now: Any, prefix: str = "") -> list[str]:
     return [] if saved == now else [prefix.rstrip(".")]
 
 
+def _with_defaults(saved: Any, defaults: Any) -> Any:
+    """``saved`` with every key it lacks taken from ``defaults`` (recursively)."""
+    if not isinstance(saved, dict) or not isinstance(defaults, dict):
+        return saved
+    return {**defaults, **{k: _with_defaults(v, defaults.get(k)) for k, v in saved.items()}}
+
+
 def check_same_config(run_dir: str | os.PathLike[str], cfg: Any) -> None:
     """Refuse to resume ``run_dir`` with a config other than its saved ``config.yaml`` (the schedule,
-    the data order and the model would no longer be the run's). No saved config: nothing to compare."""
+    the data order and the model would no longer be the run's). No saved config: nothing to compare.
+    A field the saved config lacks (added to alignloop after the run began) counts as its default."""
     saved_path = Path(run_dir) / "config.yaml"
     if not saved_path.exists():
         return
-    changed = changed_fields(load_yaml(saved_path), config_to_dict(cfg))
+    saved = _with_defaults(load_yaml(saved_path), config_to_dict(type(cfg)()))
+    changed = changed_fields(saved, config_to_dict(cfg))
     if changed:
         raise AlignloopError(
             f"cannot resume {run_dir}: the config differs from the run's config.yaml in {', '.join(changed)}",
