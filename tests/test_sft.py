@@ -228,13 +228,26 @@ def test_lora_run_saves_merged_plain_folders(tmp_path) -> None:
 
 def test_existing_run_is_not_overwritten_and_resume_needs_the_same_config(tmp_path) -> None:
     cfg = tiny_cfg(epochs=1, batch_size=4)
-    train_sft(cfg, demos(4), None, tmp_path / "run")
-    with pytest.raises(AlignloopError, match="already holds an SFT run"):
-        train_sft(cfg, demos(4), None, tmp_path / "run")
+    run = tmp_path / "run"
+    with pytest.raises(AlignloopError, match="nothing to resume: .* holds no SFT checkpoint"):
+        train_sft(cfg, demos(4), None, run, resume=True)  # not a silent fresh start
+    train_sft(cfg, demos(4), None, run)
+    with pytest.raises(AlignloopError, match=r"run is not empty: it already holds .*--resume.*--overwrite"):
+        train_sft(cfg, demos(4), None, run)
     with pytest.raises(AlignloopError, match="config differs .* in lr"):
-        train_sft(tiny_cfg(epochs=1, batch_size=4, lr=1e-3), demos(4), None, tmp_path / "run", resume=True)
+        train_sft(tiny_cfg(epochs=1, batch_size=4, lr=1e-3), demos(4), None, run, resume=True)
     with pytest.raises(AlignloopError, match="training demonstrations differ"):
-        train_sft(cfg, demos(4, answer="Other."), None, tmp_path / "run", resume=True)
+        train_sft(cfg, demos(4, answer="Other."), None, run, resume=True)
+    # overwrite replaces the run, but never deletes a file the run did not write
+    (run / "notes.txt").write_text("mine")
+    first = (run / "final" / "model.safetensors").read_bytes()
+    with pytest.raises(AlignloopError, match="also holds notes.txt"):
+        train_sft(cfg, demos(4, answer="Other."), None, run, overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine" and (run / "final" / "model.safetensors").read_bytes() == first
+    (run / "notes.txt").unlink()
+    train_sft(cfg, demos(4, answer="Other."), None, run, overwrite=True)
+    assert (run / "final" / "model.safetensors").read_bytes() != first
+    assert train_sft(cfg, demos(4, answer="Other."), None, run, resume=True).steps == 1  # the new run, finished
 
 
 def test_config_validation_names_the_field(tmp_path) -> None:
@@ -264,7 +277,7 @@ def test_cli_sft_trains_resumes_and_reports_bad_input(tmp_path) -> None:
     assert (saved.model.name, saved.epochs, saved.lr, saved.batch_size) == ("tiny", 1, 0.01, 2)
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
 
-    with pytest.raises(AlignloopError, match="already holds an SFT run"):
+    with pytest.raises(AlignloopError, match="is not empty: it already holds"):
         CliRunner().invoke(app, args, catch_exceptions=False)
     # --resume without --config reads the run's own config.yaml (no steps left: re-exports final/)
     resumed = CliRunner().invoke(
@@ -319,3 +332,15 @@ def test_resuming_a_finished_run_returns_it_without_training(tmp_path) -> None:
     assert again.evals == first.evals
     after = weights(again.final_dir)
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was trained again
+
+
+def test_adam_settings_come_from_the_config(tmp_path) -> None:
+    from alignloop.train.checkpoint import STATE_FILE
+
+    cfg = tiny_cfg(epochs=2, adam_betas=(0.8, 0.99), adam_eps=1e-6)
+    train_sft(cfg, demos(4), None, tmp_path / "run", stop_at_step=1)
+    state = torch.load(list_checkpoints(tmp_path / "run")[-1] / STATE_FILE, weights_only=False)
+    groups = state["extra"]["optimizer_state"]["param_groups"]
+    assert {(tuple(g["betas"]), g["eps"]) for g in groups} == {((0.8, 0.99), 1e-6)}
+    with pytest.raises(ValueError, match=r"adam_betas: must be two numbers in \[0, 1\)"):
+        tiny_cfg(adam_betas=(0.9, 1.0)).validate()

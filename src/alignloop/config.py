@@ -153,6 +153,13 @@ class SampleConfig:
         self.generation.validate()
 
 
+def _check_adam(betas: tuple[float, float], eps: float) -> None:
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"adam_betas: must be two numbers in [0, 1), got {list(betas)}")
+    if eps <= 0:
+        raise ValueError(f"adam_eps: must be positive, got {eps}")
+
+
 @dataclass
 class SFTConfig:
     """Supervised fine-tuning on demonstrations (paper section 3.5: 16 epochs, cosine decay, dropout 0.2)."""
@@ -172,6 +179,11 @@ class SFTConfig:
     lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or a comma-separated list
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float = 1.0  # 0 = no clipping
+    # AdamW moments. beta2 = 0.95 (GPT-3's and InstructGPT's setting, not torch's 0.999): the
+    # second-moment estimate follows the gradient scale of fine-tuning, which shifts fast, within ~20
+    # steps instead of ~1000, so one large early gradient does not keep later steps small. eps: torch's.
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = 1e-8
     mixed_precision: str = "no"  # older name of distributed.dtype: "no" | "bf16" | "fp16" (used when dtype is fp32)
     checkpoint_every: int = 0  # optimizer steps; 0 = only at the end of each epoch
     keep_checkpoints: int = 2
@@ -199,6 +211,7 @@ class SFTConfig:
             raise ValueError("lora_r, checkpoint_every, eval_prompts: must be >= 0")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision: must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        _check_adam(self.adam_betas, self.adam_eps)
 
 
 @dataclass
@@ -238,6 +251,11 @@ class RMConfig:
     pooling: str = "auto"  # "last" real token | "mean" | "cls"; auto = last for causal, mean for encoder
     dropout: float = 0.0  # residual/attention dropout of the trunk while training
     max_grad_norm: float = 1.0  # 0 = no clipping
+    # AdamW moments. beta2 = 0.95 (GPT-3's and InstructGPT's setting, not torch's 0.999): the
+    # second-moment estimate follows the gradient scale of fine-tuning, which shifts fast, within ~20
+    # steps instead of ~1000, so one large early gradient does not keep later steps small. eps: torch's.
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = 1e-8
     normalize_gain: bool = False  # also scale so demonstrations have std 1
     val_fraction: float = 0.1  # share of prompts held out when no validation file is given
     eval_every: int = 0  # steps between held-out evaluations; 0 = at each epoch end
@@ -259,6 +277,7 @@ class RMConfig:
             raise ValueError("prompts_per_step, micro_batch_completions, epochs: must be at least 1")
         if not 0 <= self.val_fraction < 1:
             raise ValueError("val_fraction: must be in [0, 1)")
+        _check_adam(self.adam_betas, self.adam_eps)
 
 
 @dataclass
@@ -428,8 +447,10 @@ class EvalConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
-#: How a round's new policy is accepted, from the deciding judge's win rate against the previous policy.
-ACCEPT_RULES = ("ci_low > 0.5", "rate > 0.5", "always")
+#: How a round's new policy is accepted, from the deciding judge's win rate against the previous policy:
+#: ``ci_low`` (the 95 % interval's lower bound) or ``rate`` above ``LoopConfig.accept_threshold``, or
+#: ``always``. "ci_low > 0.5" and "rate > 0.5" are the older spellings (threshold 0.5 written in the rule).
+ACCEPT_RULES = ("ci_low", "rate", "always", "ci_low > 0.5", "rate > 0.5")
 
 
 @dataclass
@@ -457,14 +478,28 @@ class LoopConfig:
     feedback_user: str = ""  # an admin of that service
     feedback_password_env: str = "ALIGNLOOP_FEEDBACK_PASSWORD"  # environment variable holding the password
     demonstrations: str = "template"  # "template" (panel writes answers) | "best_of_n" (panel picks model samples)
+    # With demonstrations "best_of_n": base-model samples per prompt the panel picks from; each one more
+    # is one more sample per SFT prompt. 4 = the paper's smallest ranking size (K = 4..9), as before.
+    demonstration_candidates: int = 4
     n_sft_prompts: int = 64
+    # Held-out SFT prompts whose demonstrations choose the kept SFT epoch (validation loss, and samples
+    # when scored); never trained on. Every epoch end evaluates all of them, so the count is paid once
+    # per epoch; 16 is what the demo's timing and win rate in docs/NOTES.md were measured with.
+    n_sft_val_prompts: int = 16
     n_rm_prompts: int = 64
     n_ppo_prompts: int = 256
     eval_seed: int = 12345
     # The loop as a persisted state machine (OUT/loop.json), with people on the feedback service.
     reference: str = "sft"  # KL reference of every round's PPO: "sft" (pi_SFT, as the paper) | "previous"
     judge: str = "auto"  # who decides: auto (labelers with the service, gold with the panel) | human | rm | gold
-    accept_rule: str = "ci_low > 0.5"  # "ci_low > 0.5" (95 % interval above 0.5) | "rate > 0.5" | "always"
+    accept_rule: str = "ci_low"  # "ci_low" (95 % interval above accept_threshold) | "rate" | "always"
+    # The win rate against the previous policy a round must exceed to be accepted. 0.5 = a tie: the
+    # new policy must be preferred more often than the old one (with "ci_low", significantly so).
+    accept_threshold: float = 0.5
+    # Round i's PPO (and its ranking samples) use seed ppo.seed + round_seed_stride * i: a fresh,
+    # reproducible random stream per round (0 = every round draws the same stream). 1000: the formula
+    # earlier runs used (they reproduce), and two runs whose ppo.seed differ by 1..999 never share one.
+    round_seed_stride: int = 1000
     gold_judge: bool | None = None  # also judge by the hidden gold utility; null = only with the simulated panel
     wait_timeout: float = 3600.0  # seconds one process waits for labels before it exits (resume continues)
     poll_seconds: float = 5.0  # between progress checks of a campaign
@@ -481,6 +516,15 @@ class LoopConfig:
         if self.accept_rule not in ACCEPT_RULES:
             rules = ", ".join(map(repr, ACCEPT_RULES))
             raise ValueError(f"accept_rule: must be one of {rules}, got {self.accept_rule!r}")
+        if " > " in self.accept_rule and self.accept_threshold != 0.5:
+            raise ValueError(
+                f"accept_rule: {self.accept_rule!r} fixes the threshold at 0.5 but accept_threshold is "
+                f"{self.accept_threshold}; write accept_rule: {self.accept_rule.split(' > ')[0]}"
+            )
+        if not 0.0 <= self.accept_threshold < 1.0:
+            raise ValueError(f"accept_threshold: must be in [0, 1), got {self.accept_threshold}")
+        if self.n_sft_val_prompts < 0 or self.demonstration_candidates < 1:
+            raise ValueError("n_sft_val_prompts: must be >= 0 and demonstration_candidates >= 1")
         if self.wait_timeout < 0 or self.poll_seconds <= 0:
             raise ValueError("wait_timeout: must be >= 0 and poll_seconds > 0")
         if not 2 <= self.k <= 9:

@@ -125,10 +125,17 @@ def pairwise_battles(
     return out
 
 
+#: Bootstrap resamples of the leaderboards' intervals, at most (the win rates use ``n_bootstrap`` in
+#: full). Each resample refits Bradley-Terry and replays Elo over every battle, far costlier than a
+#: win-rate resample, and the leaderboards are a summary beside the win rates, which decide.
+LEADERBOARD_BOOTSTRAP = 200
+
+
 def summarize_battles(
     battles: Sequence[Battle], policies: Sequence[str], baseline: str, n_bootstrap: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
-    """Win rate of each policy against the baseline (bootstrap over prompts, Wilson) and both leaderboards."""
+    """Win rate of each policy against the baseline (bootstrap over prompts, Wilson) and both leaderboards
+    (with at most :data:`LEADERBOARD_BOOTSTRAP` resamples)."""
     rates = {}
     for name in policies:
         if name == baseline:
@@ -136,7 +143,8 @@ def summarize_battles(
         rates[name] = asdict(head_to_head(battles, name, baseline, n_bootstrap=n_bootstrap, seed=seed))
     boards = {}
     for method in ("bradley_terry", "elo"):
-        rows = leaderboard(battles, method, n_bootstrap=min(n_bootstrap, 200), seed=seed, anchor=baseline)
+        n = min(n_bootstrap, LEADERBOARD_BOOTSTRAP)
+        rows = leaderboard(battles, method, n_bootstrap=n, seed=seed, anchor=baseline)
         boards[method] = [asdict(r) for r in rows]
     return {"win_rates": rates, "leaderboard": boards, "n_battles": len(battles)}
 

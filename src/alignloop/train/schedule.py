@@ -61,9 +61,15 @@ def param_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_
 
 
 def build_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95), eps=1e-8
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
 ) -> torch.optim.AdamW:
-    """AdamW over the model's trainable parameters (LoRA adapters only, when the base is frozen)."""
+    """AdamW over the model's trainable parameters (LoRA adapters only, when the base is frozen).
+    ``betas``/``eps``: the stage config's ``adam_betas``/``adam_eps`` (the defaults are SFTConfig's;
+    see there why)."""
     groups = param_groups(model.named_parameters(), weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")
