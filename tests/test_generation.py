@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -27,7 +30,11 @@ def tiny():
 
 class ScriptedLM(torch.nn.Module):
     """A stand-in causal LM that emits a fixed token script per row, chosen by the query's real
-    length: query of n real tokens -> script[n]. It checks the decoding loop, not a network."""
+    length: query of n real tokens -> script[n]. It checks the decoding loop, not a network.
+
+    It keeps its state where a real model does, in the transformers ``Cache`` the sampler passes as
+    ``cache=``: one cached entry per fed token holding the row's real query length, so the shared
+    prefill's row gathering moves each script with its row, and the step is read from the positions."""
 
     def __init__(self, scripts: dict[int, list[int]], vocab: int = 50) -> None:
         super().__init__()
@@ -41,15 +48,16 @@ class ScriptedLM(torch.nn.Module):
             out[i, 0, script[min(step, len(script) - 1)]] = 0.0
         return out
 
-    def forward(self, input_ids, attention_mask, position_ids, past_key_values=None, use_cache=True):
-        if past_key_values is None:  # prefill: pick each row's script from its real length
-            rows = [self.scripts[int(n)] for n in attention_mask.sum(-1)]
-            state = {"rows": rows, "step": 0}
+    def forward(self, input_ids, attention_mask, position_ids, cache, use_cache=True):
+        if cache.get_seq_length() == 0:  # prefill: pick each row's script from its real length
+            real, step = attention_mask.sum(-1), 0
         else:
-            state = past_key_values
-            state["step"] += 1
             self.fed.append(input_ids[:, 0].clone())
-        return SimpleNamespace(logits=self._logits(state["rows"], state["step"]), past_key_values=state)
+            real = cache.layers[0].keys[:, 0, 0, 0].long()
+            step = int(position_ids[0, -1] - real[0]) + 1  # decode step s feeds position n - 1 + s
+        entry = real.float()[:, None, None, None].expand(-1, 1, input_ids.shape[1], 1)
+        cache.update(entry, entry, 0)
+        return SimpleNamespace(logits=self._logits([self.scripts[int(n)] for n in real], step))
 
 
 class FakeTokenizer:
@@ -225,3 +233,61 @@ def test_decoded_responses_never_hold_nul(tiny) -> None:
     mask = torch.ones_like(ids)
     assert tok.decode(ids[0].tolist()) == "ok\x00ok"  # what the tokenizer alone gives
     assert decode_responses(tok, ids, mask, torch.tensor([False])) == ["okok"]
+
+
+def test_shared_prefill_moves_each_rows_cache_with_it() -> None:
+    """Repeated queries are prefilled once and the cache's rows gathered back: each sample keeps its
+    own prompt's state (here the script its cache entries select)."""
+    scripts = {1: [5, 6, EOS], 2: [8, EOS]}
+    out = generate(ScriptedLM(scripts), FakeTokenizer(), ["bb", "a", "bb", "a", "a"],
+                   GenerationConfig(max_new_tokens=4, temperature=0), formatted=False)  # fmt: skip
+    assert out.response_ids.tolist() == [[8, EOS, PAD], [5, 6, EOS], [8, EOS, PAD], [5, 6, EOS], [5, 6, EOS]]
+
+
+@contextlib.contextmanager
+def transformers_cache_deprecations():
+    """Collect every cache deprecation transformers reports, both ways it reports them: a Python
+    FutureWarning from ``deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")`` and a
+    ``logger.warning_once("`past_key_values`/`cache_params` are deprecated...")`` (whose once-only
+    memory is cleared first, so an earlier test cannot hide it)."""
+    from transformers.utils import logging as hf_logging
+
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    hf_logger = hf_logging.get_logger()  # the library's root logger: it does not propagate to pytest's
+    hf_logging.warning_once.cache_clear()
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield seen
+        seen.extend(str(w.message) for w in caught if issubclass(w.category, DeprecationWarning | FutureWarning))
+    finally:
+        hf_logger.removeHandler(handler)
+    seen[:] = [m for m in seen if "deprecated" in m and ("cache" in m or "past_key_values" in m)]
+
+
+def test_sampler_uses_the_current_cache_api_without_deprecation_warnings(tiny) -> None:
+    """transformers 5.2x deprecates ``past_key_values`` (gone in 5.40): the sampler passes its own
+    ``Cache`` as ``cache=`` and reads nothing back under the old name, plain and under LoRA (PPO)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import DynamicCache
+
+    model, tok = tiny
+    ids = torch.tensor([[1, 2, 3]])
+    with transformers_cache_deprecations() as old_api:  # the check itself can see the deprecation
+        model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+    assert old_api and any("past_key_values" in m for m in old_api)
+
+    lora = get_peft_model(load_policy("tiny")[0], LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    cfg = GenerationConfig(max_new_tokens=4, temperature=1.0, batch_size=4)
+    prompts = ["Hi", "Tell me a story.", "Hi"]  # a repeated prompt takes the shared-prefill path
+    with transformers_cache_deprecations() as seen:
+        generate(model, tok, prompts, cfg, seed=0, return_logprobs=True)
+        generate(lora, tok, prompts, cfg, seed=0)
+    assert seen == []

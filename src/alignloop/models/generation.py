@@ -21,7 +21,6 @@ Prompts are the raw instructions; they are formatted with the chat template
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -134,30 +133,18 @@ def accepts_logits_to_keep(model: Any) -> bool:
         return False
 
 
-def _accepts(model: Any, name: str) -> bool:
-    """Whether the model (under any PEFT or DDP wrapper) takes keyword ``name``."""
-    inner = _unwrap(model)
-    if hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    return _class_accepts(type(inner), name)
+def new_kv_cache(model: Any) -> Any:
+    """An empty KV cache for ``model``, created here and passed to every forward as ``cache=``.
 
+    This is transformers' current cache API (``Cache`` objects, the ``cache`` keyword): the sampler
+    owns the cache, so it never reads a cache back from a model output and never passes the
+    ``past_key_values`` keyword that transformers 5.2x deprecates (removed in 5.40). The model's
+    config tells :class:`~transformers.DynamicCache` which layers use a sliding window, as the model
+    itself would if it built the cache."""
+    from transformers import DynamicCache
 
-@functools.cache
-def _class_accepts(cls: type, name: str) -> bool:  # per decoding step: inspect once per class
-    try:
-        return name in inspect.signature(cls.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def kv_cache(out: Any) -> Any:
-    """The KV cache of a forward's output: ``cache`` in transformers >= 5.2x, ``past_key_values`` before
-    (reading the old name on a new version warns on every call, which breaks the progress bars)."""
-    return out.cache if "cache" in getattr(out, "__dataclass_fields__", {}) else out.past_key_values
-
-
-def _cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
-    return {"cache": cache} if _accepts(model, "cache") else {"past_key_values": cache}
+    config = getattr(_unwrap(model), "config", None)
+    return DynamicCache(config=config) if config is not None else DynamicCache()
 
 
 def _forward(model: Any, **inputs: Any) -> Any:
@@ -168,10 +155,13 @@ def _forward(model: Any, **inputs: Any) -> Any:
     return model(**inputs)
 
 
-def _prefill(model: Any, query_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor):
-    """The prefill pass, run once per distinct query: K samples of one prompt (rankings,
-    best-of-N, evaluation) share it, and the KV cache is then copied out to every row. On a
-    CPU the prefill of a 50-token prompt costs about as much as decoding 32 tokens."""
+def _prefill(model: Any, query_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor, cache: Any):
+    """The prefill pass into ``cache``, run once per distinct query: K samples of one prompt
+    (rankings, best-of-N, evaluation) share it, and the cache's rows are then gathered out to every
+    sample with :meth:`~transformers.Cache.reorder_cache` (an index_select on the batch dimension that
+    every cache layer type implements, recurrent and quantized ones included; ``batch_select_indices``
+    skips the recurrent states). On a CPU the prefill of a 50-token prompt costs about as much as
+    decoding 32 tokens. Returns the last position's logits, one row per query."""
     rows = torch.cat([query_ids, attention], dim=1)
     uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
     if uniq.shape[0] < rows.shape[0]:
@@ -182,13 +172,15 @@ def _prefill(model: Any, query_ids: torch.Tensor, attention: torch.Tensor, posit
             input_ids=uniq[:, :width],
             attention_mask=mask,
             position_ids=position_ids_from_mask(mask),
+            cache=cache,
             use_cache=True,
         )
-        if hasattr(kv_cache(out), "reorder_cache"):
-            kv_cache(out).reorder_cache(inverse)
-            return out, out.logits[:, -1, :][inverse]
-    out = _forward(model, input_ids=query_ids, attention_mask=attention, position_ids=positions, use_cache=True)
-    return out, out.logits[:, -1, :]
+        cache.reorder_cache(inverse)
+        return out.logits[:, -1, :][inverse]
+    out = _forward(
+        model, input_ids=query_ids, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True
+    )
+    return out.logits[:, -1, :]
 
 
 @torch.no_grad()
@@ -208,7 +200,8 @@ def _sample_micro_batch(
     attention = query_mask
     positions = position_ids_from_mask(query_mask)
     # 1. prefill: the whole query in one pass; only the last position's logits are needed
-    out, logits = _prefill(model, query_ids, attention, positions)
+    cache = new_kv_cache(model)
+    logits = _prefill(model, query_ids, attention, positions, cache)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, masks, logps = [], [], []
     lp_temperature = config.temperature if config.temperature > 0 else 1.0
@@ -231,8 +224,8 @@ def _sample_micro_batch(
             input_ids=next_tok[:, None],
             attention_mask=attention,
             position_ids=positions,
+            cache=cache,
             use_cache=True,
-            **_cache_kwargs(model, kv_cache(out)),
         )
         logits = out.logits[:, -1, :]
     resp = torch.stack(tokens, 1) if tokens else query_ids.new_zeros(batch, 0)
