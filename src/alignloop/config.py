@@ -364,7 +364,8 @@ class DPOConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or a comma-separated list
-    mixed_precision: str = "no"  # Accelerate: "no" | "bf16" | "fp16"
+    mixed_precision: str = "no"  # older name of distributed.dtype: "no" | "bf16" | "fp16" (used when dtype is fp32)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # ddp | fsdp, dtype, checkpointing
     val_fraction: float = 0.1  # share of prompts held out when no validation file is given
     eval_every: int = 0  # steps between held-out evaluations; 0 = at each epoch end
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at epoch ends before the last
@@ -387,6 +388,7 @@ class DPOConfig:
             raise ValueError("lora_r, eval_every, checkpoint_every: must be >= 0")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision: must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        self.distributed.validate()
 
 
 @dataclass

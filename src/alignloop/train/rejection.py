@@ -137,8 +137,9 @@ def _split(prompts: list[Prompt], val_fraction: float, seed: int) -> tuple[list[
     return [p for i, p in enumerate(prompts) if i not in val], [p for i, p in enumerate(prompts) if i in val]
 
 
-def sample_best_of_n(cfg: BoNConfig, prompts: Sequence[Prompt], scorer: Scorer) -> BestOfN:
-    """Load ``cfg.policy`` and run :func:`best_of_n` on ``prompts`` (inference-time best-of-N)."""
+def sample_best_of_n(cfg: BoNConfig, prompts: Sequence[Prompt], scorer: Scorer, device: Any = None) -> BestOfN:
+    """Load ``cfg.policy`` and run :func:`best_of_n` on ``prompts`` (inference-time best-of-N), on
+    ``device`` (default: the first GPU when there is one, else the CPU)."""
     from alignloop.models.loading import load_policy
     from alignloop.train.sft import quiet_hf
 
@@ -146,8 +147,10 @@ def sample_best_of_n(cfg: BoNConfig, prompts: Sequence[Prompt], scorer: Scorer) 
         model, tokenizer = load_policy(cfg.policy.name, cfg.policy.dtype)
     import torch
 
-    if torch.cuda.is_available():
-        model.to("cuda")
+    if device is None and torch.cuda.is_available():
+        device = "cuda"
+    if device is not None:
+        model.to(device)
     return best_of_n(
         model, tokenizer, [p.text for p in prompts], scorer, cfg.n, cfg.generation, seed=cfg.seed,
         prompt_ids=[p.id for p in prompts],
@@ -175,20 +178,25 @@ def rejection_sampling_finetune(
     Returns (BestOfN, SFTResult).
     """
     from alignloop.config import dump_config
+    from alignloop.train.distributed import build_accelerator
     from alignloop.train.sft import train_sft
 
     if not prompts:
         raise AlignloopError("no prompts for best-of-N", "give a non-empty prompts file")
     run = Path(run_dir)
     samples_path = run / SAMPLES_FILE
-    if resume and samples_path.exists():
-        rows = [json.loads(ln) for ln in samples_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        result = BestOfN.from_records(rows)
-    else:
-        result = sample_best_of_n(cfg, prompts, scorer)
+    # Under several processes the main one samples and writes the file, and every process trains on
+    # what it reads back: the SFT steps slice ONE list of demonstrations by rank, and sampling on
+    # each process would neither be bitwise equal across GPUs nor safe to write from two processes.
+    acc = build_accelerator()
+    if acc.is_main_process and not (resume and samples_path.exists()):
+        written = sample_best_of_n(cfg, prompts, scorer, device=acc.device)
         run.mkdir(parents=True, exist_ok=True)
-        write_best_of_n(result, run)
+        write_best_of_n(written, run)
         dump_config(cfg, run / "bon_config.yaml")
+    acc.wait_for_everyone()
+    rows = [json.loads(ln) for ln in samples_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    result = BestOfN.from_records(rows)
     # the best sample is trained on as it was sampled: with EOS only if the policy ended it
     by_id = {
         d.prompt_id: (d, e[j])
