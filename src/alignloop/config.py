@@ -132,7 +132,11 @@ class DistributedConfig:
 
     def validate(self) -> None:
         if self.strategy not in ("ddp", "fsdp"):
-            raise ValueError(f"distributed.strategy: must be ddp or fsdp, got {self.strategy!r}")
+            hint = " (DeepSpeed ZeRO is not one: fsdp shards like ZeRO-3, see the README's scaling section)"
+            raise ValueError(
+                f"distributed.strategy: must be ddp or fsdp, got {self.strategy!r}"
+                + (hint if "zero" in str(self.strategy).lower() else "")
+            )
         for name in ("dtype", "frozen_dtype"):
             if getattr(self, name) not in ("fp32", "bf16", "fp16"):
                 raise ValueError(f"distributed.{name}: must be fp32, bf16 or fp16, got {getattr(self, name)!r}")
