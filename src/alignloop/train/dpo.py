@@ -59,8 +59,8 @@ from alignloop.train.distributed import (
     build_accelerator,
     enable_gradient_checkpointing,
     epoch_order,
+    equal_passes,
     gathered_model,
-    is_sharded,
     load_optimizer_state,
     optimizer_state,
     place_model,
@@ -352,18 +352,12 @@ def _train_step(
     by its prompts / (n_prompts / world): the gradient mean over processes (DDP, FSDP) is then the
     mean over the step's prompts, as on one process. Every pass runs a backward (DDP and FSDP
     synchronise in it), and under FSDP every process runs as many passes (each gathers the
-    shards): a process with fewer chunks repeats its last one with weight 0."""
+    shards, :func:`~alignloop.train.distributed.equal_passes`)."""
     tally = _Tally()
     per_rank = max(1, n_prompts) / acc.num_processes
     optimizer.zero_grad(set_to_none=True)
     chunks = chunk_prompts(batch, cfg.micro_batch_completions)
-    passes = len(chunks)
-    if is_sharded(model):
-        import torch.distributed as dist
-
-        most = torch.tensor([passes], device=acc.device)
-        dist.all_reduce(most, op=dist.ReduceOp.MAX)
-        passes = int(most)
+    passes = equal_passes(len(chunks), model, acc.device)
     for i in range(passes):
         chunk, real = chunks[min(i, len(chunks) - 1)], i < len(chunks)
         with contextlib.nullcontext() if i == passes - 1 else acc.no_sync(model):
