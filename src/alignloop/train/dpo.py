@@ -13,7 +13,8 @@ cached in the run folder and reused by every epoch and by a resume.
 
 One run, in the order the code runs it:
   1. tokenise every completion once (the chat-formatted query + completion + EOS, the SFT rows);
-  2. the reference log-probs of every training and held-out completion (cached);
+  2. the reference log-probs of every training and held-out completion (cached), computed with
+     the placed starting weights (a replica per process, or FSDP2 shards: ``distributed.strategy``);
   3. per optimizer step: ``prompts_per_step`` rankings from the epoch's shuffled order (this
      rank's slice), grouped into chunks of whole prompts of at most ``micro_batch_completions``
      completions; per chunk one forward, the K-way loss, backward scaled by the chunk's share of
