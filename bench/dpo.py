@@ -164,6 +164,7 @@ def ours_worker(args: argparse.Namespace) -> dict:
         lr=args.lr,
         epochs=args.ours_epochs,
         prompts_per_step=args.prompts_per_step,
+        adam_beta2=args.ours_beta2,
         micro_batch_completions=args.micro_batch,
         max_length=MAX_LENGTH,
         val_fraction=0.0,
@@ -236,6 +237,7 @@ def main() -> None:
     ap.add_argument("--trl-batch", default="8", help="TRL pairs per step: a number, or 'match' (ours per step)")
     ap.add_argument("--ours-lr", type=float, default=0.0, help="ours: learning rate (0 = --lr)")
     ap.add_argument("--reuse-trl", action="store_true", help="reuse a TRL run of the same settings in --work")
+    ap.add_argument("--ours-beta2", type=float, default=0.95, help="ours: AdamW beta2 (TRL: 0.999)")
     ap.add_argument("--layers", type=int, default=4, help="SmolLM2 decoder layers kept (0 = all 30)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in every worker (0 = torch's default)")
     ap.add_argument("--lr", type=float, default=1e-5)
@@ -297,7 +299,8 @@ def main() -> None:
             "ours",
             common
             + ["--out", str(work / f"ours-k{k}" / "policy"), "--prompts-per-step", str(args.prompts_per_step)]
-            + ["--ours-epochs", str(args.ours_epochs), "--lr", str(args.ours_lr or args.lr)],
+            + ["--ours-epochs", str(args.ours_epochs), "--lr", str(args.ours_lr or args.lr)]
+            + ["--ours-beta2", str(args.ours_beta2)],
         )
         print(f"[K={k}] held-out evaluation of both policies ...", flush=True)
         acc = run_worker(
@@ -343,7 +346,8 @@ def print_table(rows: list, args: argparse.Namespace, wall: float) -> None:
         f"Pairs per optimizer step: TRL {trl_steps}; ours {args.prompts_per_step} prompt(s) = {ours_steps}.\n"
         f"Remaining differences: TRL shuffles pairs, ours keeps a prompt's C(K,2) pairs in one step (mean over a "
         f"prompt's pairs, then over prompts; TRL: mean over the step's pairs); AdamW betas TRL (0.9, 0.999), ours "
-        f"(0.9, 0.95); TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'} (ours off), "
+        f"(0.9, {args.ours_beta2}); TRL gradient checkpointing "
+        f"{'on' if args.trl_gradient_checkpointing else 'off'} (ours off), "
         f"reference {'precomputed' if args.trl_precompute_ref else 'a second model run every step'} (ours: cached "
         f"before step 1, counted in our time); TRL tokenises prompt+completion together, ours query and completion "
         f"apart (the sampler's tokens); TRL's fused LM-head log-probs, ours logits over the response window.\n"
