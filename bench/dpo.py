@@ -167,7 +167,7 @@ def ours_worker(args: argparse.Namespace) -> dict:
         lr=args.lr,
         epochs=args.ours_epochs,
         prompts_per_step=args.prompts_per_step,
-        adam_beta2=args.ours_beta2,
+        adam_betas=(0.9, args.ours_beta2),
         micro_batch_completions=args.micro_batch,
         max_length=MAX_LENGTH,
         val_fraction=0.0,

@@ -362,7 +362,7 @@ class DPOConfig:
     micro_batch_completions: int = 16  # completions per forward pass; a prompt is never split
     max_length: int = 256
     weight_decay: float = 0.0
-    adam_beta2: float = 0.95  # AdamW's second-moment decay (beta1 0.9); TRL and torch default to 0.999
+    adam_betas: tuple[float, float] = (0.9, 0.95)  # AdamW's; TRL and torch default to (0.9, 0.999)
     max_grad_norm: float = 1.0  # 0 = no clipping
     dropout: float = 0.0  # off by default: the cached reference log-probs were computed without it
     lora_r: int = 0  # 0 = full fine-tuning
@@ -393,8 +393,8 @@ class DPOConfig:
             raise ValueError("lora_r, eval_every, checkpoint_every: must be >= 0")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision: must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        if not 0 <= self.adam_beta2 < 1:
-            raise ValueError(f"adam_beta2: must be in [0, 1), got {self.adam_beta2}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas: must be two numbers in [0, 1), got {list(self.adam_betas)}")
         self.distributed.validate()
 
 
