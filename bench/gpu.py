@@ -1,6 +1,7 @@
 """The GPU benchmark's worker: one part per process (``bench/gpu.sh`` runs each under ``timeout``).
 
-    python3 bench/gpu.py --part ours-sft|ours-rm|ours-ppo|trl-rm|trl-ppo --model DIR --work DIR --result FILE
+    python3 bench/gpu.py --part ours-sft|ours-rm|ours-ppo|trl-rm|trl-ppo|ds-zero2-sft|ds-zero3-sft --model DIR \
+        --work DIR --result FILE
     python3 bench/gpu.py --table DIR        # the table of every part's result in DIR
 
 Every part trains SmolLM2-135M (or any causal LM folder) in bf16 autocast with fp32 master
@@ -21,6 +22,8 @@ Same work on both sides:
   tokens at temperature 0.7, KL 0.05, lr 1e-5. TRL 0.29.1 ``trl.experimental.ppo.PPOTrainer``.
   Episodes/s over whole iterations (sampling, scoring, reference/value passes, updates).
 * SFT (ours only, as a reference point): 16 demonstrations per step, 256-token rows.
+* SFT under DeepSpeed ZeRO-2 and ZeRO-3 through Accelerate (when ``deepspeed`` imports; see
+  :func:`deepspeed_sft`): the same rows in a plain loop, the comparison point for FSDP2 users ask about.
 """
 
 from __future__ import annotations
@@ -324,8 +327,86 @@ def trl_ppo(model: str, work: Path) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------- DeepSpeed
+
+
+def deepspeed_sft(model: str, work: Path, stage: int) -> dict:
+    """SFT's work (the same demonstrations, rows, response-only loss and batch as ``ours-sft``) as a
+    plain loop under DeepSpeed ZeRO-``stage`` through Accelerate's ``DeepSpeedPlugin``, one process.
+
+    alignloop's trainers shard with FSDP2 (``distributed.strategy: fsdp``), not DeepSpeed: this row
+    shows what Accelerate + DeepSpeed costs on the same work, next to ``ours-sft``. DeepSpeed's bf16
+    mode keeps bf16 weights with fp32 master copies in the optimizer (ours: bf16 autocast over fp32
+    weights); the optimizer is torch's AdamW (no DeepSpeed op is compiled). On a CPU (the smoke run)
+    the process group must be gloo: Accelerate picks no backend there and would leave DeepSpeed out."""
+    import socket
+
+    import torch
+
+    with socket.socket() as sock:  # a one-process group: DeepSpeed initialises torch.distributed itself
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed  # a clear ImportError in the table when it is not installed
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+    from alignloop.data.records import Demonstration
+    from alignloop.models.loading import load_causal_lm, load_tokenizer
+    from alignloop.train.sft import build_example, collate, response_logits, response_only_loss
+
+    s = sizes()
+    rng = random.Random(0)
+    demos = [
+        Demonstration(f"p{i}", p, completion(rng, 400, 0.3), "bench")
+        for i, p in enumerate(prompts(s["sft_steps"] * s["sft_batch"]))
+    ]
+    plugin = DeepSpeedPlugin(zero_stage=stage, gradient_accumulation_steps=1, gradient_clipping=1.0)
+    acc = Accelerator(
+        deepspeed_plugin=plugin, mixed_precision="bf16" if cuda else "no",
+        kwargs_handlers=[] if cuda else [InitProcessGroupKwargs(backend="gloo")],
+    )  # fmt: skip
+    ds_config = acc.state.deepspeed_plugin.deepspeed_config
+    ds_config["train_micro_batch_size_per_gpu"] = s["sft_batch"]  # no dataloader for Accelerate to read it from
+    ds_config.pop("train_batch_size", None)
+    tok = load_tokenizer(model)
+    rows = [build_example(tok, d.prompt, d.completion, MAX_LEN) for d in demos]
+    net = load_causal_lm(model)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=LR, betas=(0.9, 0.95))
+    net, optimizer = acc.prepare(net, optimizer)
+    stamps: list[float] = []
+    losses: list[float] = []
+    for i in range(0, len(rows), s["sft_batch"]):
+        batch = {k: v.to(acc.device) for k, v in collate(rows[i : i + s["sft_batch"]], tok.pad_token_id).items()}
+        nll, n = response_only_loss(*response_logits(net, batch))
+        loss = nll / n
+        acc.backward(loss)  # DeepSpeed's engine: backward, clip, step, zero the gradients
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+        stamps.append(time.perf_counter())
+    tokens = sum(len(r.input_ids) for r in rows) / len(rows)
+    timed = stamps[-1] - stamps[0]
+    return {
+        "tokens_per_s": tokens * s["sft_batch"] * (len(stamps) - 1) / timed,
+        "steps": len(stamps),
+        "loss_first_last": [losses[0], losses[-1]],
+        "note": f"DeepSpeed {deepspeed.__version__} ZeRO-{stage} via Accelerate, 1 process, "
+        f"{'bf16 weights' if cuda else 'fp32'}, same rows as ours",
+    }
+
+
 PARTS = {"ours-sft": ours_sft, "ours-rm": ours_rm, "ours-ppo": ours_ppo, "trl-rm": trl_rm, "trl-ppo": trl_ppo}
+PARTS |= {"ds-zero2-sft": lambda m, w: deepspeed_sft(m, w, 2), "ds-zero3-sft": lambda m, w: deepspeed_sft(m, w, 3)}
 ROWS = [("SFT", "ours-sft", None), ("RM", "ours-rm", "trl-rm"), ("PPO", "ours-ppo", "trl-ppo")]
+ROWS += [("SFT", "ds-zero2-sft", None), ("SFT", "ds-zero3-sft", None)]
+LABELS = {"ds-zero2-sft": "ZeRO-2", "ds-zero3-sft": "ZeRO-3"}  # the trainer column of rows that are not ours
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -348,7 +429,7 @@ def table(results_dir: Path) -> str:
     lines = [head, "-" * len(head)]
     info = {}
     for stage, ours, theirs in ROWS:
-        got = {"ours": load(ours)}
+        got = {LABELS.get(ours, "ours"): load(ours)}
         if theirs:
             got["TRL"] = load(theirs)
         for who, r in got.items():

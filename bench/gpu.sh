@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # alignloop GPU benchmark: SFT, RM and PPO on SmolLM2-135M in bf16 (autocast, fp32 master weights),
-# ours and, when their wheels were carried, TRL 1.16 RewardTrainer and TRL 0.29.1 PPO side by side.
+# ours and, when their wheels were carried, TRL 1.16 RewardTrainer and TRL 0.29.1 PPO side by side,
+# plus SFT's work under DeepSpeed ZeRO-2 and ZeRO-3 through Accelerate when deepspeed imports.
 # Prints tokens/s, pairs/s, episodes/s and peak GPU memory as one table (bench/gpu.py says what each
 # part runs and why the two sides do the same work).
 #
@@ -9,7 +10,8 @@
 #     (converted beforehand; its tokenizer files are taken from bench/.gpu/tokenizer when missing);
 #   * wheels that bench/gpu_prepare.sh downloaded on a networked machine into bench/.gpu/ (ignored by
 #     git): bench/.gpu/whl (anything our path lacks), bench/.gpu/trl-common.tar.gz (datasets and its deps),
-#     bench/.gpu/trl-1.16 and bench/.gpu/trl-0.29 (the two TRLs cannot share one site folder).
+#     bench/.gpu/trl-1.16 and bench/.gpu/trl-0.29 (the two TRLs cannot share one site folder),
+#     bench/.gpu/deepspeed (deepspeed 0.19.8 and its dependencies, for the two ZeRO rows).
 #     They are unpacked under /tmp and put AFTER the machine's site-packages: they only fill gaps.
 # Robust: each part runs in its own process under its own `timeout`; a failing part prints its error
 # and the script goes on. Everything is logged to $OUT/gpu-bench (or bench/.gpu/out) when set.
@@ -121,6 +123,21 @@ else echo "-- trl-rm: skipped (no bench/.gpu/trl-1.16 wheels)" | tee "$RESULTS/t
 if ls "$GPU"/trl-0.29/*.whl >/dev/null 2>&1; then
   part trl-ppo $T_TRL "$(unpack trl029 "$GPU/trl-0.29" | tail -1)" "$COMMON"
 else echo "-- trl-ppo: skipped (no bench/.gpu/trl-0.29 wheels)" | tee "$RESULTS/trl-ppo.error"; fi
+
+# DeepSpeed ZeRO-2/3 (SFT's work through Accelerate's DeepSpeedPlugin): the machine's deepspeed, else the
+# carried wheels (bench/gpu_prepare.sh); skipped with the reason in the table when neither imports.
+DS_SITE=""
+ls "$GPU"/deepspeed/*.whl >/dev/null 2>&1 && DS_SITE="$(unpack deepspeed "$GPU/deepspeed" | tail -1)"
+if PYTHONPATH="$PYTHONPATH${DS_SITE:+:$DS_SITE}" "$PY" -c "import deepspeed" >/dev/null 2>&1; then
+  T_DS=60; [ "$SMOKE" = "1" ] && T_DS=300
+  part ds-zero2-sft $T_DS $DS_SITE
+  part ds-zero3-sft $T_DS $DS_SITE
+else
+  for p in ds-zero2-sft ds-zero3-sft; do
+    echo "-- $p: skipped (deepspeed does not import: pip install deepspeed, or bench/gpu_prepare.sh)" \
+      | tee "$RESULTS/$p.error"
+  done
+fi
 
 echo
 echo "== results ($(( $(date +%s) - START ))s in all; logs in $LOG)"

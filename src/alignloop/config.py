@@ -132,7 +132,11 @@ class DistributedConfig:
 
     def validate(self) -> None:
         if self.strategy not in ("ddp", "fsdp"):
-            raise ValueError(f"distributed.strategy: must be ddp or fsdp, got {self.strategy!r}")
+            hint = " (DeepSpeed ZeRO is not one: fsdp shards like ZeRO-3, see the README's scaling section)"
+            raise ValueError(
+                f"distributed.strategy: must be ddp or fsdp, got {self.strategy!r}"
+                + (hint if "zero" in str(self.strategy).lower() else "")
+            )
         for name in ("dtype", "frozen_dtype"):
             if getattr(self, name) not in ("fp32", "bf16", "fp16"):
                 raise ValueError(f"distributed.{name}: must be fp32, bf16 or fp16, got {getattr(self, name)!r}")
@@ -377,13 +381,15 @@ class DPOConfig:
     micro_batch_completions: int = 16  # completions per forward pass; a prompt is never split
     max_length: int = 256
     weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.95)  # AdamW's; TRL and torch default to (0.9, 0.999)
     max_grad_norm: float = 1.0  # 0 = no clipping
     dropout: float = 0.0  # off by default: the cached reference log-probs were computed without it
     lora_r: int = 0  # 0 = full fine-tuning
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or a comma-separated list
-    mixed_precision: str = "no"  # Accelerate: "no" | "bf16" | "fp16"
+    mixed_precision: str = "no"  # older name of distributed.dtype: "no" | "bf16" | "fp16" (used when dtype is fp32)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # ddp | fsdp, dtype, checkpointing
     val_fraction: float = 0.1  # share of prompts held out when no validation file is given
     eval_every: int = 0  # steps between held-out evaluations; 0 = at each epoch end
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at epoch ends before the last
@@ -406,6 +412,9 @@ class DPOConfig:
             raise ValueError("lora_r, eval_every, checkpoint_every: must be >= 0")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision: must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas: must be two numbers in [0, 1), got {list(self.adam_betas)}")
+        self.distributed.validate()
 
 
 @dataclass

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from alignloop.config import DPOConfig, load_stage_config
+from alignloop.cli.scaling import DTYPE_HELP, GC_HELP, STRATEGY_HELP
+from alignloop.config import DPOConfig, load_stage_config, with_distributed
 from alignloop.errors import AlignloopError
 
 
@@ -23,6 +24,9 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(None, "--epochs", help="Override dpo.epochs."),
         lr: float = typer.Option(None, "--lr", help="Override dpo.lr."),
         lora_r: int = typer.Option(None, "--lora-r", help="LoRA rank (0 = full fine-tuning)."),
+        dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
+        strategy: str = typer.Option(None, "--strategy", help=STRATEGY_HELP),
+        grad_ckpt: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=GC_HELP),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
     ) -> None:
         """DPO (or IPO, Plackett-Luce) on rankings, all C(K,2) pairs of a prompt as one batch element."""
@@ -34,6 +38,7 @@ def register(app: typer.Typer) -> None:
             config, DPOConfig, "dpo", run_dir=out, resume=resume, model=policy,
             loss=loss, beta=beta, epochs=epochs, lr=lr, lora_r=lora_r,
         )  # fmt: skip
+        cfg = with_distributed(cfg, dtype=dtype, strategy=strategy, gradient_checkpointing=grad_ckpt)
         rankings = read_jsonl(data, Ranking)
         if not rankings:
             raise AlignloopError(f"{data} holds no rankings", "give a JSONL file of ranking records to --data")

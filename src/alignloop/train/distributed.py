@@ -285,6 +285,19 @@ def load_optimizer_state(model: Any, optimizer: Any, state: dict[str, Any]) -> N
     set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
+def equal_passes(n: int, model: Any, device: torch.device) -> int:
+    """Forward/backward passes this process runs in a step: its own ``n``, or under FSDP the most
+    any process has (each pass gathers the shards, a collective: a process with fewer passes
+    repeats one with weight 0, and one that skipped a backward would leave the others waiting)."""
+    if not is_sharded(model):
+        return n
+    import torch.distributed as dist
+
+    most = torch.tensor([n], device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(most)
+
+
 def local_param_count(model: Any, trainable_only: bool = True) -> int:
     """Parameter elements this process actually holds (a shard's local size under FSDP)."""
     total = 0

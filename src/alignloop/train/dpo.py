@@ -13,7 +13,8 @@ cached in the run folder and reused by every epoch and by a resume.
 
 One run, in the order the code runs it:
   1. tokenise every completion once (the chat-formatted query + completion + EOS, the SFT rows);
-  2. the reference log-probs of every training and held-out completion (cached);
+  2. the reference log-probs of every training and held-out completion (cached), computed with
+     the placed starting weights (a replica per process, or FSDP2 shards: ``distributed.strategy``);
   3. per optimizer step: ``prompts_per_step`` rankings from the epoch's shuffled order (this
      rank's slice), grouped into chunks of whole prompts of at most ``micro_batch_completions``
      completions; per chunk one forward, the K-way loss, backward scaled by the chunk's share of
@@ -36,18 +37,17 @@ Run folder (as every trainer: :mod:`alignloop.train.runlog`, :mod:`alignloop.tra
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from alignloop.config import DPOConfig
 from alignloop.data.records import Ranking
@@ -58,108 +58,35 @@ from alignloop.train.checkpoint import latest_checkpoint, list_checkpoints, load
 from alignloop.train.distributed import (
     Precision,
     build_accelerator,
+    enable_gradient_checkpointing,
     epoch_order,
+    equal_passes,
+    gathered_model,
+    load_optimizer_state,
+    optimizer_state,
+    place_model,
     rank_slice,
     seed_everything,
     step_indices,
+)
+from alignloop.train.logprobs import (  # noqa: F401  (encode_rankings, reference_logprobs: imported from here too)
+    EncodedRanking,
+    encode_rankings,
+    fingerprint,
+    grid,
+    ref_grid,
+    reference_logprobs,
+    sequence_logprobs,
 )
 from alignloop.train.losses import dpo_kway_loss
 from alignloop.train.reward import chunk_prompts, split_by_prompt
 from alignloop.train.runlog import RunLog, track
 from alignloop.train.schedule import build_optimizer, cosine_with_warmup, warmup_steps
-from alignloop.train.sft import (
-    IGNORE,
-    SFTExample,
-    _build_model,
-    _check_resumable,
-    build_example,
-    collate,
-    export_model,
-    quiet_hf,
-    response_logits,
-)
+from alignloop.train.sft import _build_model, _check_resumable, export_model, quiet_hf
 
 POLICY_SUBDIR = "policy"
 REFERENCE_CACHE = "reference_logprobs.pt"
 FINISHED = "finished.json"
-
-
-# ---------------------------------------------------------------- 1. rankings -> token rows
-
-
-@dataclass
-class EncodedRanking:
-    """One batch element: the K completions of a prompt as SFT rows, their ranks (0 = best), and
-    ``offset``: the index of its first completion in the flat reference cache."""
-
-    items: list[SFTExample]
-    ranks: list[int]
-    offset: int
-
-    @property
-    def has_pairs(self) -> bool:
-        return len(set(self.ranks)) > 1
-
-
-def encode_rankings(tokenizer: Any, rankings: Sequence[Ranking], max_length: int) -> list[EncodedRanking]:
-    """Every completion once as (chat query + completion + EOS) with labels on the response only:
-    the rows SFT trains on, so DPO scores exactly the sequences the policy samples."""
-    out, offset = [], 0
-    for r in rankings:
-        items = [build_example(tokenizer, r.prompt, c, max_length) for c in r.completions]
-        out.append(EncodedRanking(items, r.ranks(), offset))
-        offset += r.k
-    return out
-
-
-def sequence_logprobs(model: Any, rows: Sequence[SFTExample], pad: int, device: torch.device) -> torch.Tensor:
-    """log pi(y | x) per row: the sum of the response tokens' log-probabilities (temperature 1),
-    one forward over the batch, logits only over the window that holds response tokens."""
-    batch = {k: v.to(device) for k, v in collate(rows, pad).items()}
-    logits, labels = response_logits(model, batch)
-    logits, labels = logits[:, :-1], labels[:, 1:]  # logits at t predict token t + 1
-    nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
-    return -nll.view_as(labels).sum(1)
-
-
-def _grid(flat: torch.Tensor, chunk: Sequence[EncodedRanking], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Flat per-completion values of a chunk -> ([B, Kmax] values, ranks, k_mask), padding 0."""
-    kmax = max(len(r.items) for r in chunk)
-    k_mask = torch.tensor([[1] * len(r.items) + [0] * (kmax - len(r.items)) for r in chunk], device=device)
-    ranks = torch.tensor([r.ranks + [0] * (kmax - len(r.ranks)) for r in chunk], device=device)
-    grid = torch.zeros(k_mask.shape, dtype=flat.dtype, device=device).masked_scatter(k_mask.bool(), flat)
-    return grid, ranks, k_mask
-
-
-def _ref_grid(ref: torch.Tensor, chunk: Sequence[EncodedRanking], device: torch.device) -> torch.Tensor:
-    idx = torch.tensor([r.offset + i for r in chunk for i in range(len(r.items))])
-    return _grid(ref[idx].to(device), chunk, device)[0]
-
-
-# ---------------------------------------------------------------- 2. the reference cache
-
-
-@torch.no_grad()
-def reference_logprobs(
-    model: Any, data: Sequence[EncodedRanking], pad: int, micro_batch: int, device: torch.device
-) -> torch.Tensor:
-    """log pi_ref(y|x) of every completion, flat in ranking order (dropout off while computing)."""
-    was_training = model.training
-    model.eval()
-    parts = [torch.zeros(0)]
-    try:
-        for chunk in chunk_prompts(data, micro_batch):
-            parts.append(sequence_logprobs(model, [it for r in chunk for it in r.items], pad, device).float().cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(parts)
-
-
-def _fingerprint(rankings: Sequence[Ranking]) -> str:
-    h = hashlib.sha1()
-    for r in rankings:
-        h.update(json.dumps([r.prompt, r.completions, r.ranks()]).encode())
-    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- metrics
@@ -205,8 +132,8 @@ class _Tally:
 def _chunk_loss(model: Any, chunk: Sequence[EncodedRanking], ref: torch.Tensor, pad: int, device, cfg: DPOConfig):
     """(loss, metrics, KL sum) of one chunk: one policy forward over its completions."""
     logps = sequence_logprobs(model, [it for r in chunk for it in r.items], pad, device)
-    logps, ranks, k_mask = _grid(logps, chunk, device)
-    ref_logps = _ref_grid(ref, chunk, device)
+    logps, ranks, k_mask = grid(logps, chunk, device)
+    ref_logps = ref_grid(ref, chunk, device)
     loss, m = dpo_kway_loss(logps, ref_logps, ranks, k_mask, cfg.beta, cfg.loss)
     kl_sum = float(((ref_logps - logps.detach()) * k_mask).sum())
     return loss, m, kl_sum
@@ -271,7 +198,7 @@ def train_dpo(
     if val is None:
         rankings, val = split_by_prompt(rankings, cfg.val_fraction, cfg.seed)
     val = list(val)
-    data_fp = _fingerprint(rankings) + _fingerprint(val)
+    data_fp = fingerprint(rankings) + fingerprint(val)
     ckpt = latest_checkpoint(out) if resume else None
     if not resume and (list_checkpoints(out) or (out / POLICY_SUBDIR).exists()):
         raise AlignloopError(f"{out} already holds a DPO run", "pass --resume to continue it, or choose a new --out")
@@ -282,11 +209,9 @@ def train_dpo(
         if ckpt is None:
             raise AlignloopError(f"nothing to resume: {out} has no checkpoint", "drop --resume to start a new run")
 
-    # 1. tokenise; model, optimizer, schedule
-    # The CPU without CUDA (a multi-process CPU launch runs over gloo); the compute precision is ours
-    # (autocast over fp32 weights, as in the other trainers), never Accelerate's process-wide setting.
+    # 1. tokenise; the model placed (a replica per process, or FSDP2 shards) before the optimizer sees it
     acc = build_accelerator()
-    precision = Precision({"no": "fp32", "bf16": "bf16", "fp16": "fp16"}[cfg.mixed_precision], acc.device)
+    precision = Precision(dpo_dtype(cfg), acc.device)
     main = acc.is_main_process
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.name)
@@ -295,10 +220,18 @@ def train_dpo(
     val_data = encode_rankings(tokenizer, val, cfg.max_length)
     with quiet_hf():
         model = _build_model(cfg, ckpt / "model" if ckpt is not None else None)  # type: ignore[arg-type]
-    model.to(acc.device)
-    precision.wrap(model)
+    if cfg.distributed.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    model, _ = place_model(model, acc, cfg.distributed.strategy, precision)
+    steps_per_epoch = math.ceil(len(train_data) / cfg.prompts_per_step)
+    total = cfg.epochs * steps_per_epoch
+    # the optimizer on the placed parameters: under FSDP before any forward (the root module's
+    # parameters stay unsharded after a forward without backward; the optimizer must hold the shards)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, betas=tuple(cfg.adam_betas))
+    scheduler = cosine_with_warmup(optimizer, total, warmup_steps(total, cfg.warmup_ratio), cfg.min_lr_ratio)
 
-    # 2. reference log-probs: computed from the starting weights (the SFT policy) once, cached
+    # 2. reference log-probs: computed from the starting weights (the SFT policy) once, cached.
+    #    Every process computes all of them (under FSDP each forward gathers the shards: a collective).
     cache = out / REFERENCE_CACHE
     if ckpt is not None:
         saved = torch.load(cache, map_location="cpu") if cache.exists() else None
@@ -309,43 +242,41 @@ def train_dpo(
             )
         ref_train, ref_val, reference_seconds = saved["train"], saved["val"], saved["seconds"]
     else:
+        plain = acc.unwrap_model(model)
         t0 = time.perf_counter()
-        ref_train = reference_logprobs(model, train_data, pad, cfg.micro_batch_completions, acc.device)
+        ref_train = reference_logprobs(plain, train_data, pad, cfg.micro_batch_completions, acc.device)
         reference_seconds = time.perf_counter() - t0  # the training rankings only: the cost of an epoch's reference
-        ref_val = reference_logprobs(model, val_data, pad, cfg.micro_batch_completions, acc.device)
+        ref_val = reference_logprobs(plain, val_data, pad, cfg.micro_batch_completions, acc.device)
         if main:
             out.mkdir(parents=True, exist_ok=True)
             torch.save({"data": data_fp, "train": ref_train, "val": ref_val, "seconds": reference_seconds}, cache)
     model.train()
 
-    steps_per_epoch = math.ceil(len(train_data) / cfg.prompts_per_step)
-    total = cfg.epochs * steps_per_epoch
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
-    scheduler = cosine_with_warmup(optimizer, total, warmup_steps(total, cfg.warmup_ratio), cfg.min_lr_ratio)
     start, train_seconds = 0, 0.0
     if ckpt is not None:
-        state = load_checkpoint(ckpt, optimizer=optimizer, scheduler=scheduler)
+        state = load_checkpoint(ckpt, scheduler=scheduler)
         start, train_seconds = state["step"], state["extra"]["train_seconds"]
-    model, optimizer = acc.prepare(model, optimizer)
+        load_optimizer_state(model, optimizer, state["extra"].get("optimizer_state") or state["optimizer"])
     log = RunLog(out, cfg, resume_step=start if ckpt is not None else None, enabled=main)
 
-    def save(step: int) -> None:
-        def save_model(path: Path) -> None:
-            with quiet_hf():
-                acc.unwrap_model(model).save_pretrained(str(path))
-                tokenizer.save_pretrained(str(path))
+    def save_model(plain: Any, path: Path) -> None:
+        with quiet_hf():
+            plain.save_pretrained(str(path))
+            tokenizer.save_pretrained(str(path))
 
+    def save(step: int) -> None:
+        plain, opt_state = gathered_model(acc.unwrap_model(model)), optimizer_state(model, optimizer)  # collectives
         if main:
+            extra = {"train_seconds": train_seconds, "optimizer_state": opt_state}
             save_checkpoint(
-                out, step, save_model, optimizer=optimizer, scheduler=scheduler, keep=cfg.keep_checkpoints,
-                extra={"train_seconds": train_seconds},
-            )  # fmt: skip
+                out, step, partial(save_model, plain), scheduler=scheduler, keep=cfg.keep_checkpoints, extra=extra
+            )
         acc.wait_for_everyone()
 
     def evaluate(step: int) -> dict[str, float]:
         if not val_data:
             return {}
-        metrics = evaluate_dpo(acc.unwrap_model(model), val_data, ref_val, pad, cfg)
+        metrics = evaluate_dpo(acc.unwrap_model(model), val_data, ref_val, pad, cfg)  # every process: all of it
         log.log(step, metrics)
         return metrics
 
@@ -361,9 +292,10 @@ def train_dpo(
             orders = {epoch: epoch_order(len(train_data), cfg.seed, epoch)}
         indices = step_indices(orders[epoch], pos, cfg.prompts_per_step, acc.num_processes)
         batch = [train_data[i] for i in rank_slice(indices, acc.process_index, acc.num_processes)]
+        n_prompts = sum(train_data[i].has_pairs for i in indices)  # the step's prompts over every process
 
         t0 = time.perf_counter()
-        tally = _train_step(model, optimizer, scheduler, acc, precision, batch, ref_train, pad, cfg)
+        tally = _train_step(model, optimizer, scheduler, acc, precision, batch, n_prompts, ref_train, pad, cfg)
         train_seconds += time.perf_counter() - t0
         done = step + 1
         last_train = tally.all_sum(acc).result("train")
@@ -379,16 +311,24 @@ def train_dpo(
         if done < total and (end_of_epoch or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
             save(done)
 
-    # 5. the policy
+    # 5. the policy (gathered from the shards under FSDP: every process takes part)
     policy_dir = out / POLICY_SUBDIR
+    plain = gathered_model(acc.unwrap_model(model))
     if main:
-        export_model(acc.unwrap_model(model), tokenizer, policy_dir, in_place=True)
+        export_model(plain, tokenizer, policy_dir, in_place=True)
         record = {"steps": done, "train_seconds": train_seconds, "train": last_train, "val": last_val}
         record["reference_seconds"] = reference_seconds
         (out / FINISHED).write_text(json.dumps(record | {"data": data_fp}))
     log.close()
     acc.wait_for_everyone()
     return DPOResult(out, policy_dir, done, train_seconds, last_train, last_val, reference_seconds)
+
+
+def dpo_dtype(cfg: DPOConfig) -> str:
+    """The compute precision: ``distributed.dtype``, or the older ``mixed_precision`` field when that is set."""
+    if cfg.distributed.dtype != "fp32":
+        return cfg.distributed.dtype
+    return {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}[cfg.mixed_precision]
 
 
 def _finished(out: Path, data_fp: str) -> DPOResult:
@@ -405,20 +345,27 @@ def _finished(out: Path, data_fp: str) -> DPOResult:
 
 
 def _train_step(
-    model, optimizer, scheduler, acc, precision: Precision, batch: list[EncodedRanking], ref: torch.Tensor, pad, cfg
+    model, optimizer, scheduler, acc, precision: Precision, batch: list[EncodedRanking], n_prompts: int, ref, pad, cfg
 ) -> _Tally:
-    """Step 3-4 of the module docstring: micro-batched forwards, accumulated backward, update."""
+    """Steps 3-4 of the module docstring: micro-batched forwards, accumulated backward, update.
+
+    ``n_prompts``: the step's prompts with a pair, over every process. Each process weighs a chunk
+    by its prompts / (n_prompts / world): the gradient mean over processes (DDP, FSDP) is then the
+    mean over the step's prompts, as on one process. Every pass runs a backward (DDP and FSDP
+    synchronise in it), and under FSDP every process runs as many passes (each gathers the
+    shards, :func:`~alignloop.train.distributed.equal_passes`)."""
     tally = _Tally()
-    n_prompts = max(1, sum(r.has_pairs for r in batch))
+    per_rank = max(1, n_prompts) / acc.num_processes
     optimizer.zero_grad(set_to_none=True)
     chunks = chunk_prompts(batch, cfg.micro_batch_completions)
-    for i, chunk in enumerate(chunks):
-        with contextlib.nullcontext() if i == len(chunks) - 1 else acc.no_sync(model):
+    passes = equal_passes(len(chunks), model, acc.device)
+    for i in range(passes):
+        chunk, real = chunks[min(i, len(chunks) - 1)], i < len(chunks)
+        with contextlib.nullcontext() if i == passes - 1 else acc.no_sync(model):
             loss, m, kl_sum = _chunk_loss(model, chunk, ref, pad, acc.device, cfg)
-            if int(m["n_prompts"]) > 0:
-                # the chunk's share of the step's prompts: summed over chunks, the mean over prompts
-                precision.backward(acc, loss * (int(m["n_prompts"]) / n_prompts))
-        tally.add(loss, m, kl_sum, sum(len(r.items) for r in chunk))
+            precision.backward(acc, loss * (int(m["n_prompts"]) / per_rank if real else 0.0))
+        if real:
+            tally.add(loss, m, kl_sum, sum(len(r.items) for r in chunk))
     precision.step(optimizer, model.parameters(), cfg.max_grad_norm)  # unscale (fp16), clip, step
     scheduler.step()
     return tally

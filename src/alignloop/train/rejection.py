@@ -138,16 +138,19 @@ def _split(prompts: list[Prompt], val_fraction: float, seed: int) -> tuple[list[
     return [p for i, p in enumerate(prompts) if i not in val], [p for i, p in enumerate(prompts) if i in val]
 
 
-def sample_best_of_n(cfg: BoNConfig, prompts: Sequence[Prompt], scorer: Scorer) -> BestOfN:
-    """Load ``cfg.policy`` and run :func:`best_of_n` on ``prompts`` (inference-time best-of-N)."""
+def sample_best_of_n(cfg: BoNConfig, prompts: Sequence[Prompt], scorer: Scorer, device: Any = None) -> BestOfN:
+    """Load ``cfg.policy`` and run :func:`best_of_n` on ``prompts`` (inference-time best-of-N), on
+    ``device`` (default: the first GPU when there is one, else the CPU)."""
     from alignloop.models.loading import load_policy, quiet_hf
 
     with quiet_hf():
         model, tokenizer = load_policy(cfg.policy.name, cfg.policy.dtype)
     import torch
 
-    if torch.cuda.is_available():
-        model.to("cuda")
+    if device is None and torch.cuda.is_available():
+        device = "cuda"
+    if device is not None:
+        model.to(device)
     return best_of_n(
         model, tokenizer, [p.text for p in prompts], scorer, cfg.n, cfg.generation, seed=cfg.seed,
         prompt_ids=[p.id for p in prompts],
@@ -185,6 +188,7 @@ def rejection_sampling_finetune(
     from alignloop.config import dump_config
     from alignloop.data.jsonl import iter_json_lines
     from alignloop.train import sft as sft_stage
+    from alignloop.train.distributed import build_accelerator
     from alignloop.train.run_folder import can_resume, open_run
 
     if not prompts:
@@ -193,18 +197,21 @@ def rejection_sampling_finetune(
     samples_path = run / SAMPLES_FILE
     sft_cfg = dataclasses.replace(cfg.sft, model=cfg.policy)
     ours = (SAMPLES_FILE, SUMMARY_FILE, BON_CONFIG)  # what best-of-N writes before fine-tuning starts
-    if resume:
-        if not samples_path.exists():
-            raise AlignloopError(
-                f"nothing to resume: {run} holds no best-of-N samples ({SAMPLES_FILE})", "drop --resume"
-            )
-        result = BestOfN.from_records([row for _, row in iter_json_lines(samples_path)])
-    else:  # before sampling, so a folder that is not empty fails at once, not after the sampling
+    if resume and not samples_path.exists():
+        raise AlignloopError(f"nothing to resume: {run} holds no best-of-N samples ({SAMPLES_FILE})", "drop --resume")
+    if not resume:  # before sampling, so a folder that is not empty fails at once, not after the sampling
         open_run(run, sft_cfg, stage="rejection-sampling", overwrite=overwrite, outputs=(*sft_stage.OUTPUTS, *ours))
-        result = sample_best_of_n(cfg, prompts, scorer)
+    # Under several processes the main one samples and writes the file, and every process trains on
+    # what it reads back: the SFT steps slice ONE list of demonstrations by rank, and sampling on
+    # each process would neither be bitwise equal across GPUs nor safe to write from two processes.
+    acc = build_accelerator()
+    if acc.is_main_process and not resume:
+        written = sample_best_of_n(cfg, prompts, scorer, device=acc.device)
         run.mkdir(parents=True, exist_ok=True)
-        write_best_of_n(result, run)
+        write_best_of_n(written, run)
         dump_config(cfg, run / BON_CONFIG)
+    acc.wait_for_everyone()
+    result = BestOfN.from_records([row for _, row in iter_json_lines(samples_path)])
     # the best sample is trained on as it was sampled: with EOS only if the policy ended it
     by_id = {
         d.prompt_id: (d, e[j])

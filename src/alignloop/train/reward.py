@@ -51,6 +51,7 @@ from alignloop.train.distributed import (
     build_accelerator,
     enable_gradient_checkpointing,
     epoch_order,
+    equal_passes,
     gathered_model,
     load_optimizer_state,
     optimizer_state,
@@ -205,7 +206,8 @@ def train_reward_model(
         batch = [train_data[i] for i in rank_slice(indices, accelerator.process_index, accelerator.num_processes)]
 
         t0 = time.perf_counter()
-        tally = _train_step(model, optimizer, scheduler, accelerator, precision, batch, pad, cfg)
+        n_prompts = sum(train_data[i].has_pairs for i in indices)  # the step's, over every process
+        tally = _train_step(model, optimizer, scheduler, accelerator, precision, batch, n_prompts, pad, cfg)
         train_seconds += time.perf_counter() - t0
         done = step + 1
 
@@ -264,21 +266,25 @@ def train_reward_model(
 
 
 def _train_step(
-    model, optimizer, scheduler, accelerator, precision: Precision, batch: list[EncodedRanking], pad: int, cfg: RMConfig
-) -> Tally:
-    """Steps 2-4 of the module docstring: micro-batched forwards, accumulated backward, update."""
+    model, optimizer, scheduler, accelerator, precision: Precision, batch: list[EncodedRanking], n_prompts: int,
+    pad: int, cfg: RMConfig,
+) -> Tally:  # fmt: skip
+    """Steps 2-4 of the module docstring: micro-batched forwards, accumulated backward, update.
+    A chunk weighs its prompts / (the step's ``n_prompts`` over every process / world): the gradient
+    mean over processes is the mean over the step's prompts, as on one process. Every pass runs a
+    backward (DDP and FSDP synchronise in it), as many passes on every process under FSDP."""
     tally = Tally()
-    n_prompts = sum(r.has_pairs for r in batch)
+    per_rank = max(1, n_prompts) / accelerator.num_processes
     optimizer.zero_grad(set_to_none=True)
     chunks = chunk_prompts(batch, cfg.micro_batch_completions)
-    for i, chunk in enumerate(chunks):
-        sync = i == len(chunks) - 1
-        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+    passes = equal_passes(len(chunks), model, accelerator.device)
+    for i in range(passes):
+        chunk, real = chunks[min(i, len(chunks) - 1)], i < len(chunks)
+        with contextlib.nullcontext() if i == passes - 1 else accelerator.no_sync(model):
             loss, m = rm_kway_loss(*score_chunk(model, chunk, pad, accelerator.device))
-            if int(m["n_prompts"]) > 0:
-                # the chunk's share of the step's prompts: summed over chunks this is the mean over prompts
-                precision.backward(accelerator, loss * (int(m["n_prompts"]) / n_prompts))
-        tally.add(loss, m)
+            precision.backward(accelerator, loss * (int(m["n_prompts"]) / per_rank if real else 0.0))
+        if real:
+            tally.add(loss, m)
     precision.step(optimizer, model.parameters(), cfg.max_grad_norm)
     scheduler.step()
     return tally
