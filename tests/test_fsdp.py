@@ -88,10 +88,10 @@ def bon_cfg(strategy):
                      sft=dataclasses.replace(sft_cfg(strategy), epochs=1))
 
 real_optimizer = dpo_module.build_optimizer
-def counting_optimizer(model, *args):  # DPO's placed model, just before its optimizer is built
+def counting_optimizer(model, *args, **kwargs):  # DPO's placed model, just before its optimizer is built
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)  # a DTensor counts its global size
     info.setdefault("dpo-held", []).append([local_param_count(model), total])
-    return real_optimizer(model, *args)
+    return real_optimizer(model, *args, **kwargs)
 dpo_module.build_optimizer = counting_optimizer
 
 scorer = FunctionScorer(lambda p, c: c.count("e") - 0.1 * len(c))
