@@ -143,29 +143,6 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     return advantages, returns
 
 
-def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
-    """1 - Var[returns - values] / Var[returns]: 1 = perfect value function, <= 0 = no better than
-    the mean."""
-    var_returns = masked_var(returns, mask)
-    return 1 - masked_var(returns - values, mask) / var_returns.clamp(min=1e-8)
-
-
-# ---------------------------------------------------------------------------------------------
-# Token log-probabilities
-
-
-def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """log pi(label) and the entropy of pi per position, from logits divided by ``temperature``
-    (the same temperature as in sampling, so training sees the distribution that sampled)."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1)
-    token_logp = torch.gather(logp, -1, labels.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return token_logp, entropy
-
-
 # ---------------------------------------------------------------------------------------------
 # Critic-free advantages (``ppo.algorithm: rloo | grpo``). The batch holds ``group_size``
 # consecutive samples of each prompt (rows [g*k, (g+1)*k) are prompt g's); the other samples of
