@@ -266,6 +266,8 @@ def run_worker(
         cmd += ["--result", str(result), "--micro-batch", str(micro_batch)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ALIGNLOOP_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
         env.pop("PYTHONPATH", None)
+        if which == "ours":  # this checkout's alignloop, not whichever the venv has installed
+            env["PYTHONPATH"] = str(HERE.parent / "src")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out)
         if proc.returncode != 0:
             return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
