@@ -261,7 +261,11 @@ def test_agreement_and_policy_ratings(service):
     assert ag["pairwise_agreement"]["n_items"] == 2 and ag["pairwise_agreement"]["n_judgments"] == 36
     rows = {r["labeler"]: r for r in ag["labelers"]}
     assert rows["a1"]["consensus_agreement"] > rows["a3"]["consensus_agreement"]
-    assert ag["fleiss_kappa"] is not None and ag["krippendorff_alpha"] is not None
+    # Fleiss by hand over the 12 pair units (3 raters each): 4 unanimous (P_i = 1), 8 split 2:1 (P_i = 1/3),
+    # so P = 5/9; "earlier completion wins" in 26 of 36 labels, so P_e = (26^2 + 10^2) / 36^2 = 194/324
+    p_bar, p_e = 5 / 9, 194 / 324
+    assert ag["fleiss_kappa"] == pytest.approx((p_bar - p_e) / (1 - p_e))
+    assert ag["krippendorff_alpha"] is not None and ag["krippendorff_alpha"] < ag["pairwise_agreement"]["rate"]
     assert len(ag["cohen_kappa_pairs"]) == 3
     pair = {(p["labeler_a"], p["labeler_b"]): p["kappa"] for p in ag["cohen_kappa_pairs"]}
     assert pair[("a1", "a2")] == pytest.approx(1.0)

@@ -48,13 +48,24 @@ def test_loop_config_validation_names_the_field(tmp_path) -> None:
         load_config(p)
 
 
+def test_stop_threshold_ends_the_loop_only_when_the_win_rate_reaches_it() -> None:
+    from alignloop.loop import reaches_stop_threshold
+
+    cfg = LoopConfig(stop_threshold=0.6)
+    assert not reaches_stop_threshold(cfg, 0.59) and reaches_stop_threshold(cfg, 0.6)
+    assert reaches_stop_threshold(cfg, 0.75)
+    assert not reaches_stop_threshold(LoopConfig(stop_threshold=None), 1.0)  # no threshold: run every round
+
+
 @pytest.mark.slow
 def test_tiny_demo_runs_the_whole_loop_and_stops_at_threshold(tmp_path) -> None:
     from alignloop.demo import demo_config, run_demo
 
     cfg = demo_config(tiny=True)
     cfg.out_dir = str(tmp_path / "demo")
-    cfg.rounds, cfg.stop_threshold = 2, 0.0  # any win rate reaches 0: the loop must stop after round 1
+    # any win rate reaches 0: the loop must take the early stop after round 1 (which rates reach which
+    # threshold is the unit test above)
+    cfg.rounds, cfg.stop_threshold = 2, 0.0
     cfg.n_sft_prompts, cfg.n_rm_prompts, cfg.n_ppo_prompts = 8, 6, 16
     cfg.sft = replace(cfg.sft, epochs=1)
     cfg.rm = replace(cfg.rm, epochs=1)

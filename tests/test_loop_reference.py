@@ -67,11 +67,24 @@ def test_the_loop_asks_for_the_sft_reference_from_round_two() -> None:
 def test_accept_rule_rejects_an_interval_that_straddles_half() -> None:
     straddling = {"rate": 0.62, "ci_low": 0.44, "ci_high": 0.78}
     clear = {"rate": 0.7, "ci_low": 0.56, "ci_high": 0.83}
-    rule = LoopConfig().accept_rule
-    assert rule == "ci_low > 0.5"
-    assert not accepts(rule, straddling) and accepts(rule, clear)
-    assert accepts("rate > 0.5", straddling) and not accepts("rate > 0.5", {"rate": 0.5, "ci_low": 0.4})
+    cfg = LoopConfig()
+    assert (cfg.accept_rule, cfg.accept_threshold) == ("ci_low", 0.5)
+    assert not accepts(cfg.accept_rule, straddling, cfg.accept_threshold) and accepts(cfg.accept_rule, clear)
+    assert accepts("rate", straddling) and not accepts("rate", {"rate": 0.5, "ci_low": 0.4})
+    assert accepts("rate > 0.5", straddling) and accepts("ci_low > 0.5", clear)  # the older spellings
+    # the threshold is the config's, not a constant: 0.6 rejects the clear interval's lower bound 0.56
+    assert not accepts("ci_low", clear, 0.6) and accepts("ci_low", clear, 0.55)
     assert accepts("always", {"rate": 0.1, "ci_low": 0.0})
+    with pytest.raises(ValueError, match="fixes the threshold at 0.5"):
+        LoopConfig(accept_rule="rate > 0.5", accept_threshold=0.6).validate()
+
+
+def test_round_seed_follows_the_configured_stride() -> None:
+    from alignloop.loop import _Run
+
+    run = _Run.__new__(_Run)
+    run.cfg = LoopConfig(round_seed_stride=7)
+    assert [run.seed({"index": i}) for i in (1, 2)] == [run.cfg.ppo.seed + 7, run.cfg.ppo.seed + 14]
 
 
 def test_deciding_judge_exists_in_the_setting() -> None:

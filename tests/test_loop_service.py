@@ -25,6 +25,7 @@ from alignloop.feedback.accounts import create_admin
 from alignloop.feedback.app import create_app
 from alignloop.feedback.client import FeedbackClient
 from alignloop.train.checkpoint import CRASH_ENV, list_checkpoints
+from alignloop.train.runlog import read_metrics
 from feedback_fixtures import database_url, live_server, pg_database, pg_url  # noqa: F401
 
 WAITING = re.compile(r"round (\d+): waiting for campaign (\d+) \((\w+)\): (\d+) of (\d+) items done \(overlap (\d+)\)")
@@ -188,7 +189,11 @@ def test_two_rounds_through_the_service_survive_sigkill_and_match_an_uninterrupt
     r2 = s["rounds"][2]
     assert r2["policy"] == s["rounds"][1]["artifacts"]["policy"]  # round 2 started from round 1's policy...
     assert f"round 2: PPO from {r2['policy']}, KL reference {s['sft_policy']}" in done
-    assert r2["metrics"]["kl_to_sft"] is not None  # ...with the KL to the SFT policy
+    # ...with the KL to the SFT policy: what its PPO run logged last, and far from 0 from the first
+    # iteration on (round 1 starts at its reference, KL ~0; round 2 starts at round 1's policy)
+    ppo_kl = {i: [row["kl"] for row in read_metrics(a.out / f"round-{i}" / "ppo")] for i in (1, 2)}
+    assert r2["metrics"]["kl_to_sft"] == ppo_kl[2][-1]
+    assert abs(ppo_kl[2][0]) > 100 * abs(ppo_kl[1][0]), ppo_kl
     for r in s["rounds"][1:]:
         w = r["metrics"]["win_rates"]
         assert {"human", "rm"} <= set(w) and "gold" not in w  # no gold judge with people

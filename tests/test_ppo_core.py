@@ -151,6 +151,22 @@ def test_ppo_policy_loss_by_hand() -> None:
     assert loss2.item() == pytest.approx((-1.2 + 1.5) / 4)
 
 
+def test_clip_fraction_counts_tokens_whose_ratio_left_the_clip_range() -> None:
+    from alignloop.train.losses import ppo_policy_loss
+
+    old = torch.zeros(1, 4)
+    adv = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    mask = torch.ones(1, 4)
+    inside = torch.log(torch.tensor([[1.1, 0.9, 1.19, 0.81]]))  # every ratio within 1 +- 0.2
+    assert ppo_policy_loss(inside, old, adv, mask, clip_range=0.2)[1]["clipfrac_sum"].item() == 0
+    # beyond the range, the clipped term wins only where it is the pessimistic one: A > 0 with
+    # ratio > 1.2 and A < 0 with ratio < 0.8 (tokens 0 and 3), not the reverse (tokens 1 and 2)
+    beyond = torch.log(torch.tensor([[1.5, 1.5, 0.5, 0.5]]))
+    assert ppo_policy_loss(beyond, old, adv, mask, clip_range=0.2)[1]["clipfrac_sum"].item() == 2
+    assert ppo_policy_loss(beyond, old, -adv, mask, clip_range=0.2)[1]["clipfrac_sum"].item() == 2  # tokens 1, 2
+    assert ppo_policy_loss(beyond, old, adv, mask * torch.tensor([[0, 1, 1, 1]]))[1]["clipfrac_sum"].item() == 1
+
+
 def test_ppo_value_loss_by_hand() -> None:
     from alignloop.train.losses import ppo_value_loss
 

@@ -119,7 +119,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
     assert a["moved"] > 100 * worst and a["moved"] > 1e-3  # the update itself is far larger than the mismatch
     for name, value in a["metrics"].items():
         assert b["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
-    assert a["metrics"]["ptx_loss"] > 0 and a["metrics"]["clipfrac"] >= 0
+    assert a["metrics"]["ptx_loss"] > 0  # clipfrac: equal across 1 and 2 processes above; its meaning: test_ppo_core
 
     # the end-to-end runs: rank 0 logged both iterations and saved the policy
     from alignloop.train.runlog import read_metrics

@@ -87,9 +87,16 @@ def test_report_renders_every_section_and_names_every_policy(tmp_path):
     assert "pending: labelers are judging" in html and "feedback campaign 3 with 12 items" in html
     assert "Q&lt;1&gt;?" in html and "A &amp; B" in html  # text from results is escaped
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(images) == 12 == len(list((run / "report").glob("*.png")))
-    assert len(list((run / "report").glob("*-ppo-training.png"))) == 1  # RM score and KL per iteration
-    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    files = sorted((run / "report").glob("*.png"))
+    # one figure per section, in page order, each embedded byte for byte as saved beside the page
+    assert [f.name.split("-", 1)[1] for f in files] == [
+        "winrate.png", "metadata.png", "truthfulqa-mc.png", "truthfulqa-gen.png", "hallucination.png",
+        "toxicity.png", "bias.png", "perplexity.png", "hellaswag.png", "redteam.png",
+        "ppo-training.png",  # RM score and KL per iteration
+        "overopt.png",
+    ]  # fmt: skip
+    assert [base64.b64decode(i) for i in images] == [f.read_bytes() for f in files]
+    assert all(f.read_bytes().startswith(b"\x89PNG") for f in files)
     assert "http://" not in html.replace("http://fb", "")  # nothing to fetch: readable offline
     assert "the gold score peaks at sqrt(KL) = 0.474" in html  # gold - 0.5 = 0.949 d - d^2 with d = sqrt(0.1) s
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import statistics
 
 import pytest
 import torch
@@ -30,12 +31,12 @@ from alignloop.models.reward import (
 from alignloop.train.reward import (
     EncodedRanking,
     chunk_prompts,
-    crossval,
     encode_rankings,
     expand_pairs,
     split_by_prompt,
     train_reward_model,
 )
+from alignloop.train.reward_crossval import crossval
 from alignloop.train.runlog import read_metrics
 
 POSITIVE = "great wonderful helpful clear friendly excellent happy useful lovely".split()
@@ -283,13 +284,27 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, data) -> None:
 def test_crossval_by_labeler_group_reports_in_group_and_held_out_group_accuracy(tmp_path) -> None:
     rankings = panel_rankings(60, [4], seed=5, n_groups=3)
     assert len({r.metadata["labeler_group"] for r in rankings}) == 3
-    res = crossval(tiny_cfg(epochs=1), rankings, k=3, test_fraction=0.25, progress=False)
+    cfg = tiny_cfg(epochs=1)
+    res = crossval(cfg, rankings, k=3, test_fraction=0.25, progress=False)
     assert [f["fold"] for f in res.folds] == [0, 1, 2]
     assert sorted(g for f in res.folds for g in f["held_out_groups"]) == ["0", "1", "2"]
+    # each figure is measured on the data it names: in-group = the held-out prompts as the training
+    # groups ranked them; held-out group = the fold's own groups on prompts no training ranking had
+    _, test = split_by_prompt(rankings, 0.25, cfg.seed)
+    test_ids = {r.prompt_id for r in test}
     for f in res.folds:
-        assert 0.0 <= f["in_group_accuracy"] <= 1.0 and f["held_out_pairs"] > 0 and f["in_group_pairs"] > 0
-    mean, std = res.in_group
-    assert mean == pytest.approx(sum(f["in_group_accuracy"] for f in res.folds) / 3) and std >= 0
+        out = set(f["held_out_groups"])
+        group = {id(r): str(r.metadata["labeler_group"]) for r in rankings}
+        in_group = [r for r in rankings if group[id(r)] not in out and r.prompt_id in test_ids]
+        trained = {r.prompt_id for r in rankings if group[id(r)] not in out} - test_ids
+        held = [r for r in rankings if group[id(r)] in out and r.prompt_id not in trained]
+        assert f["in_group_pairs"] == sum(len(list(r.pairs())) for r in in_group) > 0
+        assert f["held_out_pairs"] == sum(len(list(r.pairs())) for r in held) > 0
+        for kind in ("in_group", "held_out"):
+            correct = f[f"{kind}_accuracy"] * f[f"{kind}_pairs"]
+            assert correct == pytest.approx(round(correct), abs=1e-3)  # a count of correct pairs (float32)
+    accs = [f["in_group_accuracy"] for f in res.folds]
+    assert res.in_group == pytest.approx((statistics.fmean(accs), statistics.stdev(accs)))
     assert "+-" in res.summary() and "held-out group" in res.summary()
     with pytest.raises(AlignloopError, match="needs at least 5 groups; the data has 3"):
         crossval(tiny_cfg(), rankings, k=5, progress=False)
@@ -322,6 +337,21 @@ def test_cli_train_eval_and_errors(tmp_path, data) -> None:
 
     result = runner.invoke(app, ["rm", "eval", str(tmp_path / "run" / "model"), "--data", str(tmp_path / "val.jsonl")])
     assert result.exit_code == 0 and "pairwise accuracy" in result.output and "(48 pairs)" in result.output
+
+    # the run folder (train/run_folder.py): a second run into it is refused, naming the folder and the flags
+    with pytest.raises(AlignloopError, match=r"run is not empty: it already holds .*--resume.*--overwrite"):
+        runner.invoke(app, args, catch_exceptions=False)
+    with pytest.raises(AlignloopError, match="config differs from the run's config.yaml in lr"):
+        runner.invoke(app, [*args, "--resume", "--lr", "0.01"], catch_exceptions=False)
+    first_model = (tmp_path / "run" / "model" / "model.safetensors").read_bytes()
+    (tmp_path / "run" / "notes.txt").write_text("not the run's")
+    with pytest.raises(AlignloopError, match="also holds notes.txt"):
+        runner.invoke(app, [*args, "--overwrite", "--lr", "0.01"], catch_exceptions=False)
+    assert (tmp_path / "run" / "model" / "model.safetensors").read_bytes() == first_model  # nothing deleted
+    (tmp_path / "run" / "notes.txt").unlink()
+    result = runner.invoke(app, [*args, "--overwrite", "--lr", "0.01"], catch_exceptions=False)
+    assert result.exit_code == 0 and "lr: 0.01" in (tmp_path / "run" / "config.yaml").read_text()
+    assert (tmp_path / "run" / "model" / "model.safetensors").read_bytes() != first_model
 
     # bad input: a file that is not rankings, a folder that is not a reward model
     (tmp_path / "bad.jsonl").write_text(

@@ -228,13 +228,26 @@ def test_lora_run_saves_merged_plain_folders(tmp_path) -> None:
 
 def test_existing_run_is_not_overwritten_and_resume_needs_the_same_config(tmp_path) -> None:
     cfg = tiny_cfg(epochs=1, batch_size=4)
-    train_sft(cfg, demos(4), None, tmp_path / "run")
-    with pytest.raises(AlignloopError, match="already holds an SFT run"):
-        train_sft(cfg, demos(4), None, tmp_path / "run")
+    run = tmp_path / "run"
+    with pytest.raises(AlignloopError, match="nothing to resume: .* holds no SFT checkpoint"):
+        train_sft(cfg, demos(4), None, run, resume=True)  # not a silent fresh start
+    train_sft(cfg, demos(4), None, run)
+    with pytest.raises(AlignloopError, match=r"run is not empty: it already holds .*--resume.*--overwrite"):
+        train_sft(cfg, demos(4), None, run)
     with pytest.raises(AlignloopError, match="config differs .* in lr"):
-        train_sft(tiny_cfg(epochs=1, batch_size=4, lr=1e-3), demos(4), None, tmp_path / "run", resume=True)
+        train_sft(tiny_cfg(epochs=1, batch_size=4, lr=1e-3), demos(4), None, run, resume=True)
     with pytest.raises(AlignloopError, match="training demonstrations differ"):
-        train_sft(cfg, demos(4, answer="Other."), None, tmp_path / "run", resume=True)
+        train_sft(cfg, demos(4, answer="Other."), None, run, resume=True)
+    # overwrite replaces the run, but never deletes a file the run did not write
+    (run / "notes.txt").write_text("mine")
+    first = (run / "final" / "model.safetensors").read_bytes()
+    with pytest.raises(AlignloopError, match="also holds notes.txt"):
+        train_sft(cfg, demos(4, answer="Other."), None, run, overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine" and (run / "final" / "model.safetensors").read_bytes() == first
+    (run / "notes.txt").unlink()
+    train_sft(cfg, demos(4, answer="Other."), None, run, overwrite=True)
+    assert (run / "final" / "model.safetensors").read_bytes() != first
+    assert train_sft(cfg, demos(4, answer="Other."), None, run, resume=True).steps == 1  # the new run, finished
 
 
 def test_config_validation_names_the_field(tmp_path) -> None:
@@ -264,7 +277,7 @@ def test_cli_sft_trains_resumes_and_reports_bad_input(tmp_path) -> None:
     assert (saved.model.name, saved.epochs, saved.lr, saved.batch_size) == ("tiny", 1, 0.01, 2)
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
 
-    with pytest.raises(AlignloopError, match="already holds an SFT run"):
+    with pytest.raises(AlignloopError, match="is not empty: it already holds"):
         CliRunner().invoke(app, args, catch_exceptions=False)
     # --resume without --config reads the run's own config.yaml (no steps left: re-exports final/)
     resumed = CliRunner().invoke(

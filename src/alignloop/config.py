@@ -437,8 +437,10 @@ class EvalConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
-#: How a round's new policy is accepted, from the deciding judge's win rate against the previous policy.
-ACCEPT_RULES = ("ci_low > 0.5", "rate > 0.5", "always")
+#: How a round's new policy is accepted, from the deciding judge's win rate against the previous policy:
+#: ``ci_low`` (the 95 % interval's lower bound) or ``rate`` above ``LoopConfig.accept_threshold``, or
+#: ``always``. "ci_low > 0.5" and "rate > 0.5" are the older spellings (threshold 0.5 written in the rule).
+ACCEPT_RULES = ("ci_low", "rate", "always", "ci_low > 0.5", "rate > 0.5")
 
 
 @dataclass
@@ -466,14 +468,28 @@ class LoopConfig:
     feedback_user: str = ""  # an admin of that service
     feedback_password_env: str = "ALIGNLOOP_FEEDBACK_PASSWORD"  # environment variable holding the password
     demonstrations: str = "template"  # "template" (panel writes answers) | "best_of_n" (panel picks model samples)
+    # With demonstrations "best_of_n": base-model samples per prompt the panel picks from. 4 = the
+    # paper's smallest ranking size (K = 4..9): enough choice to beat a single sample at a quarter of 16's cost.
+    demonstration_candidates: int = 4
     n_sft_prompts: int = 64
+    # Held-out SFT prompts whose demonstrations choose the kept SFT epoch (validation loss, and samples
+    # when scored). 16: enough to rank epochs whose losses differ by more than noise, while an
+    # evaluation stays a few seconds of a CPU epoch; they are never trained on.
+    n_sft_val_prompts: int = 16
     n_rm_prompts: int = 64
     n_ppo_prompts: int = 256
     eval_seed: int = 12345
     # The loop as a persisted state machine (OUT/loop.json), with people on the feedback service.
     reference: str = "sft"  # KL reference of every round's PPO: "sft" (pi_SFT, as the paper) | "previous"
     judge: str = "auto"  # who decides: auto (labelers with the service, gold with the panel) | human | rm | gold
-    accept_rule: str = "ci_low > 0.5"  # "ci_low > 0.5" (95 % interval above 0.5) | "rate > 0.5" | "always"
+    accept_rule: str = "ci_low"  # "ci_low" (95 % interval above accept_threshold) | "rate" | "always"
+    # The win rate against the previous policy a round must exceed to be accepted. 0.5 = a tie: the
+    # new policy must be preferred more often than the old one (with "ci_low", significantly so).
+    accept_threshold: float = 0.5
+    # Round i's PPO (and its ranking samples) use seed ppo.seed + round_seed_stride * i: a fresh,
+    # reproducible random stream per round (0 = every round draws the same stream). 1000 keeps the
+    # rounds' seeds apart from each other for any ppo.seed a user picks by hand (0, 1, 42, ...).
+    round_seed_stride: int = 1000
     gold_judge: bool | None = None  # also judge by the hidden gold utility; null = only with the simulated panel
     wait_timeout: float = 3600.0  # seconds one process waits for labels before it exits (resume continues)
     poll_seconds: float = 5.0  # between progress checks of a campaign
@@ -490,6 +506,15 @@ class LoopConfig:
         if self.accept_rule not in ACCEPT_RULES:
             rules = ", ".join(map(repr, ACCEPT_RULES))
             raise ValueError(f"accept_rule: must be one of {rules}, got {self.accept_rule!r}")
+        if " > " in self.accept_rule and self.accept_threshold != 0.5:
+            raise ValueError(
+                f"accept_rule: {self.accept_rule!r} fixes the threshold at 0.5 but accept_threshold is "
+                f"{self.accept_threshold}; write accept_rule: {self.accept_rule.split(' > ')[0]}"
+            )
+        if not 0.0 <= self.accept_threshold < 1.0:
+            raise ValueError(f"accept_threshold: must be in [0, 1), got {self.accept_threshold}")
+        if self.n_sft_val_prompts < 0 or self.demonstration_candidates < 1:
+            raise ValueError("n_sft_val_prompts: must be >= 0 and demonstration_candidates >= 1")
         if self.wait_timeout < 0 or self.poll_seconds <= 0:
             raise ValueError("wait_timeout: must be >= 0 and poll_seconds > 0")
         if not 2 <= self.k <= 9:

@@ -96,7 +96,7 @@ def select_prompts(cfg: LoopConfig) -> dict[str, list[Prompt]]:
     prepared = prepare(builtin_prompts(), cfg.data)
     sets = {
         "sft": prepared.get("sft", "train")[: cfg.n_sft_prompts],
-        "sft_val": prepared.get("sft", "val")[:16],
+        "sft_val": prepared.get("sft", "val")[: cfg.n_sft_val_prompts],
         "rm": prepared.get("rm", "train")[: cfg.n_rm_prompts * cfg.rounds],
         "ppo": prepared.get("ppo", "train")[: cfg.n_ppo_prompts],
         "eval": [p for d in ("ppo", "rm", "sft") for p in prepared.get(d, "test")][: cfg.eval.n_prompts],
@@ -113,7 +113,8 @@ def demonstrations(cfg: LoopConfig, panel: Any, prompts: list[Prompt]) -> list[D
         return [panel.write_demonstration(p) for p in prompts]
     from alignloop.loop import sample_completions
 
-    cands = sample_completions(cfg.policy.name, [p.text for p in prompts], 4, cfg.ranking_generation, cfg.ppo.seed)
+    texts, k = [p.text for p in prompts], cfg.demonstration_candidates
+    cands = sample_completions(cfg.policy.name, texts, k, cfg.ranking_generation, cfg.ppo.seed)
     return [panel.demonstrate(p, c) for p, c in zip(prompts, cands, strict=True)]
 
 

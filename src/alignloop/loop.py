@@ -210,6 +210,12 @@ def start_loop(cfg: LoopConfig, out: str | Path, inputs: LoopInputs) -> LoopStat
     return LoopState.create(out, sft_policy=inputs.sft_policy, best_policy=inputs.sft_policy, source=cfg.ranking_source)
 
 
+def reaches_stop_threshold(cfg: LoopConfig, rate: float) -> bool:
+    """Whether a round's win rate (of ``cfg.stop_metric``) ends the loop early: at or above
+    ``cfg.stop_threshold`` (never when that is None)."""
+    return cfg.stop_threshold is not None and rate >= cfg.stop_threshold
+
+
 def run_loop(
     out: str | Path,
     *,
@@ -248,8 +254,8 @@ def run_loop(
             rnd = state.start_round(i, state.data["best_policy"])
             run.round(rnd)
             rate = rnd["decision"]["rate"]
-            if (cfg.stop_threshold is not None and rate >= cfg.stop_threshold) or i == cfg.rounds:
-                if cfg.stop_threshold is not None and rate >= cfg.stop_threshold and i < cfg.rounds:
+            if reaches_stop_threshold(cfg, rate) or i == cfg.rounds:
+                if reaches_stop_threshold(cfg, rate) and i < cfg.rounds:
                     log(f"stopping after round {i}: win rate {rate:.3f} >= threshold {cfg.stop_threshold}")
                 state.data["finished"] = True
                 state.save()
@@ -351,7 +357,7 @@ class _Run:
             state.advance(rnd, "sft")
         if rnd["stage"] == "sft":
             from alignloop.data.jsonl import read_jsonl
-            from alignloop.train.checkpoint import latest_checkpoint
+            from alignloop.train.run_folder import can_resume
             from alignloop.train.sft import FINISHED
 
             t0 = time.perf_counter()
@@ -359,9 +365,11 @@ class _Run:
             demos = read_jsonl(rdir / "demonstrations.jsonl", Demonstration)
             val = read_jsonl(rdir / "val_demonstrations.jsonl", Demonstration)
             run_dir = self.out / "sft"
-            resume = latest_checkpoint(run_dir) is not None or (run_dir / FINISHED).exists()
+            resume = can_resume(run_dir, FINISHED)  # else killed before its first checkpoint: start it over
             self.log(f"round 0: SFT on {len(demos)} demonstrations" + (" (resumed)" if resume else ""))
-            train_sft(replace(cfg.sft, model=cfg.policy), demos, val or None, run_dir, resume=resume)
+            train_sft(
+                replace(cfg.sft, model=cfg.policy), demos, val or None, run_dir, resume=resume, overwrite=not resume
+            )
             sft_dir = str(best_policy_dir(run_dir))
             write_jsonl(self.out / "demonstrations.jsonl", demos)  # the RM's normalisation set from now on
             rnd["artifacts"]["policy"] = sft_dir
@@ -384,7 +392,8 @@ class _Run:
         return self.out / f"round-{rnd['index']}"
 
     def seed(self, rnd: dict[str, Any]) -> int:
-        return self.cfg.ppo.seed + 1000 * rnd["index"]
+        """Round i's seed (its ranking samples and its PPO run): ``LoopConfig.round_seed_stride``."""
+        return self.cfg.ppo.seed + self.cfg.round_seed_stride * rnd["index"]
 
     def rm_prompts(self, rnd: dict[str, Any]) -> list[Prompt]:
         """Round i's fresh, disjoint chunk of the RM prompts."""
@@ -435,19 +444,18 @@ class _Run:
         return "reward_model"
 
     def reward_model(self, rnd: dict[str, Any]) -> str:
-        import shutil
 
         from alignloop.data.jsonl import read_jsonl
-        from alignloop.train.checkpoint import latest_checkpoint
         from alignloop.train.reward import evaluate_reward_model, train_reward_model
+        from alignloop.train.run_folder import can_resume
 
         rdir = self.rdir(rnd)
         rm_dir = rdir / "rm"
-        resume = latest_checkpoint(rm_dir) is not None
-        if not resume and rm_dir.exists():  # killed before its first checkpoint (or before the state was saved)
-            shutil.rmtree(rm_dir)
+        resume = can_resume(rm_dir)  # else killed before its first checkpoint: start it over
         rankings = read_jsonl(rdir / "rankings.jsonl", Ranking)
-        rm = train_reward_model(self.cfg.rm, rankings, rm_dir, demos=self.demos() or None, resume=resume)
+        rm = train_reward_model(
+            self.cfg.rm, rankings, rm_dir, demos=self.demos() or None, resume=resume, overwrite=not resume
+        )
         rnd["metrics"]["rm_accuracy"] = rm.val.get("val/accuracy")
         held = read_jsonl(rdir / "rankings_held_out_group.jsonl", Ranking)
         if held:
@@ -463,10 +471,9 @@ class _Run:
         return sft if self.cfg.reference == "sft" and rnd["policy"] != sft else None
 
     def rl(self, rnd: dict[str, Any]) -> str:
-        import json as _json
-
         from alignloop.models.reward import load_scorer
         from alignloop.train.ppo import train_ppo
+        from alignloop.train.runlog import read_metrics
 
         ppo_dir = self.rdir(rnd) / "ppo"
         scorer = load_scorer(rnd["artifacts"]["reward_model"])
@@ -477,7 +484,7 @@ class _Run:
                            extra_scorers=extra, resume=True, reference=self.reference(rnd))  # fmt: skip
         if result.policy_dir is None:
             raise AlignloopError(f"round {rnd['index']}: PPO saved no policy", "see the PPO log in the round folder")
-        rows = [_json.loads(ln) for ln in (ppo_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        rows = read_metrics(ppo_dir)
         last = rows[-1] if rows else {}
         key = "kl_to_sft" if self.cfg.reference == "sft" or rnd["policy"] == self.state.data["sft_policy"] else "kl"
         rnd["metrics"][key] = last.get("kl")

@@ -23,15 +23,15 @@ from alignloop.errors import AlignloopError
 EVAL_PURPOSE = "evaluation"
 
 
-def accepts(rule: str, win: dict[str, Any]) -> bool:
-    """Whether a win rate (``rate``, ``ci_low``) passes the accept rule."""
+def accepts(rule: str, win: dict[str, Any], threshold: float = 0.5) -> bool:
+    """Whether a win rate (``rate``, ``ci_low``) passes the accept rule: the rule's statistic above
+    ``threshold`` (``LoopConfig.accept_threshold``), or ``always``."""
     if rule == "always":
         return True
-    if rule == "rate > 0.5":
-        return win["rate"] > 0.5
-    if rule == "ci_low > 0.5":
-        return win["ci_low"] > 0.5
-    raise AlignloopError(f"accept_rule: unknown rule {rule!r}", "use 'ci_low > 0.5', 'rate > 0.5' or 'always'")
+    stat = rule.split(" > ")[0]  # "ci_low > 0.5" is the older spelling of "ci_low" (threshold 0.5)
+    if stat not in ("rate", "ci_low"):
+        raise AlignloopError(f"accept_rule: unknown rule {rule!r}", "use 'ci_low', 'rate' or 'always'")
+    return win[stat] > threshold
 
 
 def deciding_judge(cfg: Any, has_service: bool, has_gold: bool) -> str:
@@ -161,11 +161,13 @@ def evaluate_round(run: Any, rnd: dict[str, Any]) -> None:
     )  # fmt: skip
     # 4. The decision, with its numbers.
     w = wins[decide]
-    accepted = accepts(cfg.accept_rule, w)
-    rnd["decision"] = {"judge": decide, "rule": cfg.accept_rule, "accepted": accepted} | w
+    accepted = accepts(cfg.accept_rule, w, cfg.accept_threshold)
+    stat = cfg.accept_rule.split(" > ")[0]
+    rule = stat if stat == "always" else f"{stat} > {cfg.accept_threshold}"
+    rnd["decision"] = {"judge": decide, "rule": rule, "accepted": accepted} | w
     if accepted:
         state.data["best_policy"] = rnd["artifacts"]["policy"]
     run.log(
         f"round {rnd['index']}: new vs previous, {decide} win rate {w['rate']:.3f} [{w['ci_low']:.3f}, "
-        f"{w['ci_high']:.3f}] -> {'accepted' if accepted else 'rejected'} ({cfg.accept_rule})"
+        f"{w['ci_high']:.3f}] -> {'accepted' if accepted else 'rejected'} ({rule})"
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from alignloop.cli.run_options import OVERWRITE_HELP
 from alignloop.cli.scaling import DTYPE_HELP, GC_HELP, STRATEGY_HELP
 from alignloop.config import BoNConfig, dump_config, load_config, with_distributed
 from alignloop.errors import AlignloopError
@@ -30,6 +31,7 @@ def register(app: typer.Typer) -> None:
         strategy: str = typer.Option(None, "--strategy", help=STRATEGY_HELP),
         grad_ckpt: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=GC_HELP),
         resume: bool = typer.Option(False, "--resume", help="With --finetune: continue the run in --out."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="With --finetune: " + OVERWRITE_HELP),
     ) -> None:
         """Sample N completions per prompt, score them, keep the best (and optionally fine-tune on them)."""
         from alignloop.data.jsonl import read_jsonl
@@ -56,7 +58,9 @@ def register(app: typer.Typer) -> None:
             from alignloop.train.checkpoint import stop_on_signal
 
             with stop_on_signal():  # Ctrl-C / SIGTERM in fine-tuning: checkpoint, "resume with ...", exit 130
-                result, sft_result = rejection_sampling_finetune(cfg, records, scorer, out, resume=resume)
+                result, sft_result = rejection_sampling_finetune(
+                    cfg, records, scorer, out, resume=resume, overwrite=overwrite
+                )
             typer.echo(f"fine-tuned on {len(result.prompts)} best-of-{cfg.n} samples: {sft_result.best_dir}")
         else:
             result = sample_best_of_n(cfg, records, scorer)

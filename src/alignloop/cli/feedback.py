@@ -7,7 +7,6 @@ $ALIGNLOOP_FEEDBACK_URL / $ALIGNLOOP_FEEDBACK_TOKEN) through :class:`FeedbackCli
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -82,16 +81,9 @@ def item_from_row(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _read_items(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        raise AlignloopError(f"{path}: no such file", "check the path")
-    items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise AlignloopError(f"{path}:{n}: invalid JSON ({err.msg})") from None
-            items.append(item_from_row(row, f"{path}:{n}"))
+    from alignloop.data.jsonl import iter_json_lines
+
+    items = [item_from_row(row, where) for where, row in iter_json_lines(path)]
     if not items:
         raise AlignloopError(f"{path} holds no items", "one JSON object per line: prompt_id, prompt, completions")
     return items

@@ -95,7 +95,7 @@ def _start(config: Path, out: Path | None, policy: str | None, prompts: Path | N
         if sft_train.exists():
             sft = read_jsonl(sft_train, Prompt)
             sets["sft"] = sft[: cfg.n_sft_prompts]
-            sets["sft_val"] = read_jsonl(prompts / dataset_filename("sft", "val"), Prompt)[:16]
+            sets["sft_val"] = read_jsonl(prompts / dataset_filename("sft", "val"), Prompt)[: cfg.n_sft_val_prompts]
     inputs = LoopInputs(
         policy,
         sets["rm"],

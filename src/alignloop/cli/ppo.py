@@ -6,32 +6,26 @@ Thin: parse options, read the prompts (and the pretraining corpus), call
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from alignloop.cli.scaling import DTYPE_HELP, FROZEN_HELP, GC_HELP, STRATEGY_HELP
 from alignloop.config import PPOConfig, load_stage_config, with_distributed
-from alignloop.data.jsonl import json_error
+from alignloop.data.jsonl import iter_documents, iter_json_lines
 from alignloop.errors import AlignloopError
+
+PTX_HINT = "give the pretraining corpus for PPO-ptx (.txt or .jsonl)"
 
 
 def read_prompts(path: Path) -> list[str]:
     """Prompt texts of a JSONL file: one object per line with a ``text`` (prompt records) or ``prompt`` field."""
-    if not path.exists():
-        raise AlignloopError(f"{path}: no such file", "give the PPO prompts JSONL (e.g. from `alignloop data prepare`)")
+    hint = "give the PPO prompts JSONL (e.g. from `alignloop data prepare`)"
     prompts = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise json_error(str(path), err, lineno) from None
+    for where, obj in iter_json_lines(path, hint):
         text = obj.get("text", obj.get("prompt")) if isinstance(obj, dict) else None
         if not isinstance(text, str) or not text.strip():
-            raise AlignloopError(f"{path}:{lineno}: expected an object with a non-empty string field 'text'")
+            raise AlignloopError(f"{where}: expected an object with a non-empty string field 'text'")
         prompts.append(text)
     if not prompts:
         raise AlignloopError(f"{path} holds no prompts", "give a JSONL file with one prompt per line")
@@ -56,13 +50,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Optimise the policy against the reward model with PPO (KL penalty to the SFT policy)."""
         from alignloop.train.checkpoint import stop_on_signal
-        from alignloop.train.ppo import iterate_texts, train_ppo
+        from alignloop.train.ppo import train_ppo
 
         cfg = load_stage_config(config, PPOConfig, "ppo", run_dir=out, resume=resume, total_episodes=episodes)
         cfg = with_distributed(
             cfg, dtype=dtype, strategy=strategy, gradient_checkpointing=grad_ckpt, frozen_dtype=frozen_dtype
         )
-        texts = list(iterate_texts(ptx)) if ptx is not None else None
+        texts = list(iter_documents(ptx, PTX_HINT)) if ptx is not None else None
         if cfg.gamma_ptx > 0 and not texts:
             raise AlignloopError("ppo.gamma_ptx > 0 needs a pretraining corpus", "pass --ptx FILE")
         with stop_on_signal():  # Ctrl-C / SIGTERM: checkpoint, "resume with ...", exit 130

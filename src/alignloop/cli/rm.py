@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from alignloop.cli.run_options import OVERWRITE_HELP, RESUME_HELP
 from alignloop.cli.scaling import DTYPE_HELP, GC_HELP, STRATEGY_HELP
 from alignloop.config import RMConfig, load_stage_config, with_distributed
 from alignloop.data.jsonl import read_jsonl
@@ -46,7 +47,8 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
         strategy: str = typer.Option(None, "--strategy", help=STRATEGY_HELP),
         grad_ckpt: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=GC_HELP),
-        resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
+        resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Train a reward model with all C(K,2) comparisons of a prompt as one batch element."""
         from alignloop.train.checkpoint import stop_on_signal
@@ -62,7 +64,9 @@ def register(app: typer.Typer) -> None:
                 "note: no --demos given, the reward is not normalised (bias 0)", fg=typer.colors.YELLOW, err=True
             )
         with stop_on_signal():  # Ctrl-C / SIGTERM: checkpoint, "resume with ...", exit 130
-            res = train_reward_model(cfg, rankings, out, val=val_rankings, demos=demo_records, resume=resume)
+            res = train_reward_model(
+                cfg, rankings, out, val=val_rankings, demos=demo_records, resume=resume, overwrite=overwrite
+            )
         line = f"reward model: {res.model_dir}  ({res.steps} steps, {res.train_seconds:.1f} s training)"
         if res.val:
             line += f"  held-out pairwise accuracy {_percent(res.val['val/accuracy'])}, loss {res.val['val/loss']:.4f}"
@@ -97,7 +101,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="Keep each fold's run folder here (default: temporary)."),
     ) -> None:
         """k-fold cross-validation by labeler group: in-group vs held-out-group accuracy (mean +- std)."""
-        from alignloop.train.reward import crossval
+        from alignloop.train.reward_crossval import crossval
 
         cfg = load_stage_config(config, RMConfig, "rm", model=model)
         res = crossval(cfg, _rankings(data), folds, by, test_fraction=test_fraction, out_dir=out)

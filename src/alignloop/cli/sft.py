@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from alignloop.cli.run_options import OVERWRITE_HELP, RESUME_HELP
 from alignloop.cli.scaling import DTYPE_HELP, GC_HELP, STRATEGY_HELP
 from alignloop.config import SFTConfig, load_stage_config, with_distributed
 from alignloop.errors import AlignloopError
@@ -27,7 +28,8 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
         strategy: str = typer.Option(None, "--strategy", help=STRATEGY_HELP),
         grad_ckpt: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=GC_HELP),
-        resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
+        resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Fine-tune a policy on demonstrations: loss on response tokens, cosine LR, best epoch kept."""
         from alignloop.data.jsonl import read_jsonl
@@ -48,7 +50,7 @@ def register(app: typer.Typer) -> None:
         if scorer is not None and not val_demos:
             raise AlignloopError("--rm/--judge score validation samples, but no --val was given", "add --val VAL.jsonl")
         with stop_on_signal():  # Ctrl-C / SIGTERM: checkpoint, "resume with ...", exit 130
-            res = train_sft(cfg, train, val_demos, out, scorer=scorer, resume=resume)
+            res = train_sft(cfg, train, val_demos, out, scorer=scorer, resume=resume, overwrite=overwrite)
         typer.echo(f"trained {res.steps} steps; final model: {res.final_dir}")
         if res.best_step is not None:
             typer.echo(f"kept model: {res.best_dir} (step {res.best_step}, {res.best_metric} = {res.best_value:.4f})")

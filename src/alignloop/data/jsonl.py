@@ -78,6 +78,27 @@ def iter_json_lines(path: str | os.PathLike[str], missing_hint: str = "check the
             yield f"{p}:{lineno}", obj
 
 
+def iter_documents(path: str | os.PathLike[str], missing_hint: str = "check the path") -> Iterator[str]:
+    """Documents of a plain-text corpus (PPO-ptx's pretraining mix): a ``.jsonl`` file with a string
+    field ``text`` per line, or a text file whose documents are separated by blank lines (stripped)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataFileError(f"{p}: no such file", missing_hint)
+    if p.suffix == ".jsonl":
+        for where, obj in iter_json_lines(p, missing_hint):
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise DataFileError(f"{where}: field 'text': expected an object with a string field 'text'")
+            yield obj["text"]
+        return
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"{p}: not UTF-8 text (byte {err.start})") from None
+    for block in text.split("\n\n"):
+        if block.strip():
+            yield block.strip()
+
+
 def iter_jsonl(path: str | os.PathLike[str], record_type: type[T]) -> Iterator[T]:
     """Yield ``record_type`` instances from a JSONL file, one per non-blank line."""
     for where, obj in iter_json_lines(path):

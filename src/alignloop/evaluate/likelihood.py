@@ -58,8 +58,9 @@ class CausalLMLikelihood:
         self.max_length = max_length
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.start_ids: list[int] = [] if start is None else [int(start)]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = int(pad or 0)
+        from alignloop.models.padding import pad_token_id
+
+        self.pad_id = pad_token_id(tokenizer)
 
     @classmethod
     def from_name(cls, name: str, dtype: str = "float32", batch_size: int = 8) -> CausalLMLikelihood:
@@ -115,7 +116,8 @@ class CausalLMLikelihood:
         """
         import torch
 
-        from alignloop.models.generation import forward_last_logits, left_pad, position_ids_from_mask
+        from alignloop.models.generation import forward_last_logits, position_ids_from_mask
+        from alignloop.models.padding import left_pad
 
         out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))

@@ -158,8 +158,9 @@ def _apply_trainable(model: Any, weights: Path, run_config: dict[str, Any]) -> A
     if lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
-        spec = str(run_config.get("lora_target_modules") or "all-linear")
-        targets: Any = spec if spec == "all-linear" else [t.strip() for t in spec.split(",") if t.strip()]
+        from alignloop.models.lora import lora_targets
+
+        targets = lora_targets(str(run_config.get("lora_target_modules") or "all-linear"))
         lora = LoraConfig(r=lora_r, lora_alpha=int(run_config.get("lora_alpha", 32)), lora_dropout=0.0,
                           target_modules=targets)  # fmt: skip
         model = get_peft_model(model, lora)

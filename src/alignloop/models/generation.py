@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from alignloop.config import GenerationConfig
 from alignloop.models.loading import format_prompt
+from alignloop.models.padding import left_pad, pad_token_id
 
 
 @dataclass
@@ -69,18 +70,6 @@ def query_token_ids(tokenizer: Any, prompt: str, *, formatted: bool = True) -> l
     is trained on the very prefix it is sampled from."""
     text = format_prompt(tokenizer, prompt) if formatted else prompt
     return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) of token rows left-padded to the longest row."""
-    width = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-    return ids, mask
 
 
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -301,7 +290,7 @@ def generate(
     device = _device(model)
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     eos_list = list(stop_token_ids) if stop_token_ids is not None else [tokenizer.eos_token_id]
     eos_ids = torch.tensor(eos_list, dtype=torch.long, device=device)
     rows = [query_token_ids(tokenizer, p, formatted=formatted) for p in prompts]

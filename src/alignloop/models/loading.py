@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from alignloop.errors import AlignloopError
@@ -124,3 +126,24 @@ def set_default_system_prompt(tokenizer: Any, text: str) -> None:
 def end_of_response_token(tokenizer: Any) -> str:
     """The token that ends a response: EOS, or [SEP] for encoders without one."""
     return tokenizer.eos_token or tokenizer.sep_token or ""
+
+
+@contextlib.contextmanager
+def quiet_hf(*, warnings: bool = False) -> Iterator[None]:
+    """Silence transformers' per-file load/save progress bars (a run has its own progress bar);
+    ``warnings=True`` also hides its warnings (loading a trunk out of a causal-LM checkpoint warns
+    about the dropped LM head, which is intended). Both are restored on exit."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    if warnings:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        if warnings:
+            hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -26,7 +26,6 @@ A saved reward model is a folder::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -39,7 +38,8 @@ import torch
 from torch import nn
 
 from alignloop.errors import AlignloopError
-from alignloop.models.loading import _set_dropout, format_prompt, load_tokenizer, torch_dtype
+from alignloop.models.loading import _set_dropout, format_prompt, load_tokenizer, quiet_hf, torch_dtype
+from alignloop.models.padding import pad_token_id, right_pad
 from alignloop.models.registry import REGISTRY, resolve
 from alignloop.schema import from_dict
 
@@ -114,7 +114,7 @@ class RewardModel(nn.Module):
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        with _quiet_transformers():
+        with quiet_hf(warnings=True):
             self.backbone.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
         head = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
@@ -159,24 +159,6 @@ def backbone_kind(name: str) -> str:
     return "encoder"
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Loading a trunk out of a causal-LM checkpoint warns about the dropped LM head (intended), and
-    per-file progress bars of loads and saves would drown the training progress bar."""
-    from transformers.utils import logging as hf_logging
-
-    old = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(old)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _load_trunk(path: str, kind: str, dtype: str, dropout: float | None) -> nn.Module:
     """The transformer without its LM head (``AutoModel``), and without BERT's unused pooler."""
     from transformers import AutoConfig, AutoModel
@@ -184,7 +166,7 @@ def _load_trunk(path: str, kind: str, dtype: str, dropout: float | None) -> nn.M
     try:
         config = AutoConfig.from_pretrained(path)
         _set_dropout(config, dropout)
-        with _quiet_transformers():
+        with quiet_hf(warnings=True):
             try:
                 trunk = AutoModel.from_pretrained(
                     path,
@@ -289,25 +271,16 @@ def encode(tokenizer: Any, info: RewardModelInfo, prompts: Sequence[str], comple
 def collate(items: Sequence[Encoded], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Right-pad a list of encoded pairs into model inputs. Right padding keeps every sequence's
     positions 0..n-1, so a completion scores the same whatever batch it is in."""
-    width = max(len(ids) for ids, _ in items)
-    n = len(items)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    has_types = items[0][1] is not None
-    types = torch.zeros((n, width), dtype=torch.long) if has_types else None
-    for i, (ids, tt) in enumerate(items):
-        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[i, : len(ids)] = 1
-        if types is not None and tt is not None:
-            types[i, : len(tt)] = torch.tensor(tt, dtype=torch.long)
+    input_ids, mask = right_pad([ids for ids, _ in items], pad_id)
     batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-    if types is not None:
+    if items[0][1] is not None:
+        types, _ = right_pad([tt if tt is not None else [] for _, tt in items], 0)
         batch["token_type_ids"] = types.to(device)
     return batch
 
 
-def pad_id(tokenizer: Any) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+#: The one pad-id rule (:func:`alignloop.models.padding.pad_token_id`), under its old name here.
+pad_id = pad_token_id
 
 
 # ----------------------------------------------------------------------------------------------

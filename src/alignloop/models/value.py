@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from alignloop.models.loading import disable_dropout
+from alignloop.models.lora import lora_targets
 
 
 class ValueModel(nn.Module):
@@ -99,7 +100,8 @@ def value_from_reward_model(
     from peft import LoraConfig, get_peft_model
 
     rm.backbone.requires_grad_(False)
-    lora = LoraConfig(r=lora_r or 16, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=_targets(target_modules))
+    targets = lora_targets(target_modules)
+    lora = LoraConfig(r=lora_r or 16, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=targets)
     trunk = get_peft_model(rm.backbone, lora)
     _switch_adapters(trunk, on=False)  # off except inside ValueModel.forward
     disable_dropout(trunk)
@@ -158,12 +160,8 @@ def _trainable_trunk(trunk: nn.Module, lora_r: int, lora_alpha: int, target_modu
     from peft import LoraConfig, get_peft_model
 
     trunk.requires_grad_(False)
-    lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=_targets(target_modules))
+    lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=lora_targets(target_modules))
     return get_peft_model(trunk, lora)
-
-
-def _targets(spec: str) -> str | list[str]:
-    return spec if spec == "all-linear" else [s.strip() for s in spec.split(",") if s.strip()]
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from alignloop.models.scoring import Scorer, score_all
 
 SAMPLES_FILE = "best_of_n.jsonl"
 SUMMARY_FILE = "summary.json"
+BON_CONFIG = "bon_config.yaml"  # the BoNConfig of a fine-tuning run (config.yaml is the SFT stage's)
 
 
 @dataclass
@@ -139,8 +140,7 @@ def _split(prompts: list[Prompt], val_fraction: float, seed: int) -> tuple[list[
 
 def sample_best_of_n(cfg: BoNConfig, prompts: Sequence[Prompt], scorer: Scorer) -> BestOfN:
     """Load ``cfg.policy`` and run :func:`best_of_n` on ``prompts`` (inference-time best-of-N)."""
-    from alignloop.models.loading import load_policy
-    from alignloop.train.sft import quiet_hf
+    from alignloop.models.loading import load_policy, quiet_hf
 
     with quiet_hf():
         model, tokenizer = load_policy(cfg.policy.name, cfg.policy.dtype)
@@ -165,30 +165,46 @@ def write_best_of_n(result: BestOfN, out_dir: str | Path) -> Path:
 
 
 def rejection_sampling_finetune(
-    cfg: BoNConfig, prompts: Sequence[Prompt], scorer: Scorer, run_dir: str | Path, *, resume: bool = False
+    cfg: BoNConfig,
+    prompts: Sequence[Prompt],
+    scorer: Scorer,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
 ):
     """Best-of-N on ``prompts``, then SFT of ``cfg.policy`` on the best samples.
 
     With ``cfg.val_fraction > 0`` the best samples of held-out prompts form the validation set
     and ``scorer`` chooses the kept checkpoint (as SFT with an RM does). The samples are written
-    to ``run_dir/best_of_n.jsonl`` first; a resumed run reuses them rather than sampling again.
-    Returns (BestOfN, SFTResult).
+    to ``run_dir/best_of_n.jsonl`` first; a resumed run reuses them rather than sampling again
+    (and continues the fine-tuning from its checkpoint, or starts it when it had none yet).
+    A fresh run needs an empty ``run_dir``; ``overwrite`` replaces a rejection-sampling run there
+    (:func:`~alignloop.train.run_folder.open_run`). Returns (BestOfN, SFTResult).
     """
     from alignloop.config import dump_config
-    from alignloop.train.sft import train_sft
+    from alignloop.data.jsonl import iter_json_lines
+    from alignloop.train import sft as sft_stage
+    from alignloop.train.run_folder import can_resume, open_run
 
     if not prompts:
         raise AlignloopError("no prompts for best-of-N", "give a non-empty prompts file")
     run = Path(run_dir)
     samples_path = run / SAMPLES_FILE
-    if resume and samples_path.exists():
-        rows = [json.loads(ln) for ln in samples_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        result = BestOfN.from_records(rows)
-    else:
+    sft_cfg = dataclasses.replace(cfg.sft, model=cfg.policy)
+    ours = (SAMPLES_FILE, SUMMARY_FILE, BON_CONFIG)  # what best-of-N writes before fine-tuning starts
+    if resume:
+        if not samples_path.exists():
+            raise AlignloopError(
+                f"nothing to resume: {run} holds no best-of-N samples ({SAMPLES_FILE})", "drop --resume"
+            )
+        result = BestOfN.from_records([row for _, row in iter_json_lines(samples_path)])
+    else:  # before sampling, so a folder that is not empty fails at once, not after the sampling
+        open_run(run, sft_cfg, stage="rejection-sampling", overwrite=overwrite, outputs=(*sft_stage.OUTPUTS, *ours))
         result = sample_best_of_n(cfg, prompts, scorer)
         run.mkdir(parents=True, exist_ok=True)
         write_best_of_n(result, run)
-        dump_config(cfg, run / "bon_config.yaml")
+        dump_config(cfg, run / BON_CONFIG)
     # the best sample is trained on as it was sampled: with EOS only if the policy ended it
     by_id = {
         d.prompt_id: (d, e[j])
@@ -197,9 +213,10 @@ def rejection_sampling_finetune(
     train_p, val_p = _split(list(prompts), cfg.val_fraction, cfg.seed)
     train = [by_id[p.id][0] for p in train_p]
     val = [by_id[p.id][0] for p in val_p]
-    sft_cfg = dataclasses.replace(cfg.sft, model=cfg.policy)
-    sft = train_sft(
-        sft_cfg, train, val or None, run, scorer=scorer if val else None, resume=resume,
-        ends=[by_id[p.id][1] for p in train_p],
+    # Resumed before fine-tuning wrote its first checkpoint: start it over (only its own files go).
+    sft_resume = resume and can_resume(run, sft_stage.FINISHED)
+    sft = sft_stage.train_sft(
+        sft_cfg, train, val or None, run, scorer=scorer if val else None, resume=sft_resume,
+        overwrite=resume and not sft_resume, keep=ours, ends=[by_id[p.id][1] for p in train_p],
     )  # fmt: skip
     return result, sft
