@@ -434,3 +434,20 @@ def test_shared_value_passes_side_by_side_keep_the_reward_model_clean() -> None:
     for _ in range(3):  # a leak is a race: look several times
         ro = trainer.make_experience(PROMPTS, gen)
         assert ro.scores.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_run_folder_holds_one_run(tmp_path: Path) -> None:
+    """A fresh run never truncates another run's metrics or mixes checkpoints with it; resume
+    needs a checkpoint and the same config; --overwrite replaces the old PPO run."""
+    run = tmp_path / "ppo"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 7}\n')
+    with pytest.raises(AlignloopError, match="is not empty"):
+        PPOTrainer(small(), "tiny", letter_e(), PROMPTS, run)
+    assert (run / "metrics.jsonl").read_text() == '{"step": 7}\n'  # nothing lost
+    with pytest.raises(AlignloopError, match="nothing to resume"):
+        PPOTrainer(small(), "tiny", letter_e(), PROMPTS, run, resume=True)
+    train_ppo(small(total_episodes=4), "tiny", letter_e(), PROMPTS, run, overwrite=True, progress=False)
+    assert [r["step"] for r in read_metrics(run)] == [1] and (run / "policy").is_dir()
+    with pytest.raises(AlignloopError, match="config differs.* lr"):
+        PPOTrainer(small(total_episodes=4, lr=0.5), "tiny", letter_e(), PROMPTS, run, resume=True)

@@ -31,7 +31,7 @@ with exactly the numbers of running them one after another.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,11 @@ from torch import Tensor
 from alignloop.config import PPOConfig
 from alignloop.errors import AlignloopError
 from alignloop.models.generation import Generation
+from alignloop.models.padding import pad_token_id, right_pad
 from alignloop.models.scoring import Scorer
 from alignloop.models.value import ValueModel
 from alignloop.train import ppo_checkpoint, ppo_core, rollout, update
-from alignloop.train.checkpoint import interrupt_point, latest_checkpoint, stop_requested
+from alignloop.train.checkpoint import interrupt_point, stop_requested
 from alignloop.train.cpu_lanes import CpuLanes, block_params, even, release_freed_memory
 from alignloop.train.distributed import (
     Precision,
@@ -59,10 +60,13 @@ from alignloop.train.distributed import (
 from alignloop.train.experience import Rollout, experience_lanes, make_experience
 from alignloop.train.kl_controller import make_kl_controller
 from alignloop.train.ppo_models import build_models
+from alignloop.train.run_folder import open_run
 from alignloop.train.runlog import RunLog, Timer, track
 from alignloop.train.schedule import build_optimizer, constant_or_linear
 
-__all__ = ["PPOResult", "PPOTrainer", "Rollout", "iterate_texts", "release_freed_memory", "train_ppo"]
+__all__ = ["OUTPUTS", "PPOResult", "PPOTrainer", "Rollout", "release_freed_memory", "train_ppo"]
+
+OUTPUTS = ("policy",)  # what a PPO run writes besides the common run-folder layout
 
 
 @dataclass
@@ -87,6 +91,8 @@ class PPOTrainer:
     ``reference`` (a folder or a causal LM with the policy's tokenizer) is the KL reference when
     it is not the starting policy: the loop starts round 2 from round 1's policy, but the KL
     penalty stays against pi_SFT (SPEC section 6). Default: a frozen copy of the starting policy.
+    ``run_dir`` is opened by :func:`~alignloop.train.run_folder.open_run`: a fresh run needs an
+    empty folder (``overwrite`` replaces an old PPO run), ``resume`` a checkpoint and the same config.
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class PPOTrainer:
         extra_scorers: Mapping[str, Scorer] | None = None,
         accelerator: Any = None,
         resume: bool = False,
+        overwrite: bool = False,
         progress: bool = True,
         on_iteration: Callable[[int, dict[str, float]], None] | None = None,
         reference: str | Any | None = None,
@@ -131,6 +138,9 @@ class PPOTrainer:
             raise AlignloopError("PPO needs at least one prompt", "give a prompts file with records")
         self.prompts = list(prompts)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        folder = None
+        if self.run_dir is not None:  # before anything is written; never mixes two runs in one folder
+            folder = open_run(self.run_dir, cfg, stage="PPO", resume=resume, overwrite=overwrite, outputs=OUTPUTS)
         self.progress, self.on_iteration = progress, on_iteration
         self.n_iterations = cfg.total_episodes // cfg.batch_size
         self.local_minibatch = cfg.minibatch_size // self.world
@@ -155,7 +165,7 @@ class PPOTrainer:
         # Trainable weights of a checkpoint are loaded into the whole models, before placement;
         # under FSDP the optimizers are built on the shards, after it. One optimizer per model,
         # so the policy step and the value step are independent.
-        resume_from = latest_checkpoint(self.run_dir) if resume and self.run_dir is not None else None
+        resume_from = folder.checkpoint if folder is not None else None
         if resume_from is not None:
             ppo_checkpoint.load_weights(resume_from, policy_model, value_model)
         if cfg.distributed.gradient_checkpointing:
@@ -280,7 +290,7 @@ class PPOTrainer:
         return self.all_sum(ppo_core.masked_moments(x, mask))
 
     def right_pad(self, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-        return _right_pad(rows, _pad_id(self.tokenizer))
+        return right_pad(rows, pad_token_id(self.tokenizer))
 
     def _optimizer(self, model: Any, lr: float, n_updates: int) -> tuple[Any, Any]:
         cfg = self.config
@@ -308,41 +318,3 @@ def train_ppo(
 ) -> PPOResult:
     """Run PPO from start (or from the last checkpoint with ``resume=True``); see :class:`PPOTrainer`."""
     return PPOTrainer(config, policy, reward, prompts, run_dir, **kwargs).train()
-
-
-def _pad_id(tokenizer: Any) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
-def _right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
-def iterate_texts(path: str | os.PathLike[str]) -> Iterator[str]:
-    """Documents of a plain-text pretraining corpus: a ``.jsonl`` file with a ``text`` field per line,
-    or a text file whose documents are separated by blank lines."""
-    import json
-
-    p = Path(path)
-    if not p.exists():
-        raise AlignloopError(f"{p}: no such file", "give the pretraining corpus for PPO-ptx (.txt or .jsonl)")
-    if p.suffix == ".jsonl":
-        for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise AlignloopError(f"{p}:{lineno}: invalid JSON ({err.msg})") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise AlignloopError(f"{p}:{lineno}: expected an object with a string field 'text'")
-                yield obj["text"]
-        return
-    for block in p.read_text(encoding="utf-8").split("\n\n"):
-        if block.strip():
-            yield block.strip()

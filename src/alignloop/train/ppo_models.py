@@ -20,6 +20,7 @@ from typing import Any
 from alignloop.config import PPOConfig
 from alignloop.errors import AlignloopError
 from alignloop.models.loading import disable_dropout, load_policy
+from alignloop.models.lora import lora_targets
 from alignloop.models.scoring import Scorer
 from alignloop.models.value import ValueModel, value_compatibility, value_from_policy, value_from_reward_model
 from alignloop.train.distributed import WEIGHT_DTYPES, frozen_copy
@@ -95,11 +96,12 @@ def build_models(
     if cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
-        from alignloop.models.value import _targets
-
         policy_model.requires_grad_(False)
         config = LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=_targets(cfg.lora_target_modules)
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=lora_targets(cfg.lora_target_modules),
         )
         policy_model = get_peft_model(policy_model, config)
     else:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from alignloop.config import GenerationConfig
 from alignloop.models.generation import Generation, generate
+from alignloop.models.padding import pad_token_id
 from alignloop.train.distributed import epoch_order, rank_slice
 
 
@@ -70,7 +71,7 @@ def sample(
             for a, b, seed in zip(bounds, bounds[1:], seeds, strict=False)
         )
     )
-    return join_generations(slices, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    return join_generations(slices, pad_token_id(tokenizer))
 
 
 def join_generations(parts: Sequence[Generation], pad_id: int) -> Generation:
