@@ -1,5 +1,5 @@
-"""CPU lanes: passes side by side on the free cores, one after another when another process
-takes the cores they were planned for (no timing: the decisions, from simulated /proc/stat)."""
+"""CPU lanes: passes side by side, and only as many intra-op threads as there are free cores
+when another process takes some (no timing: the decisions, from simulated /proc/stat)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def test_lanes_give_up_the_cores_another_process_takes(monkeypatch) -> None:
             (0.0, 0.0, 0.0),  # first look: nothing known yet, the planned cores
             (1.0, 1.9, 0.9),  # in 1 s the machine was busy 1.9 core-s, 0.9 of them ours: one core taken
             (1.2, 2.1, 1.1),  # 0.2 s later: too short a window to judge, the decision stands
+            (1.3, 2.2, 1.2),
             (3.0, 3.9, 2.9),  # 2 s after the last judged look: all of the machine's work was ours again
         ]
     )
@@ -37,10 +38,12 @@ def test_lanes_give_up_the_cores_another_process_takes(monkeypatch) -> None:
 
     main = threading.get_ident()
     assert lanes.free_cores() == 2
-    assert lanes.free_cores() == 1 and torch.get_num_threads() == 1  # busy: one thread, sequential
-    assert lanes.run(where, where) == [main, main]
-    results = lanes.run(where, where)  # quiet again: two lanes on threads of their own
-    assert main not in results and torch.get_num_threads() == 2
+    assert lanes.free_cores() == 1 and torch.get_num_threads() == 1  # busy: one intra-op thread
+    assert lanes.run(where, where, balanced=False) == [main, main]  # one pass after the other, one thread
+    assert main not in lanes.run(where, where)  # lanes (no barriers between them) still side by side
+    assert torch.get_num_threads() == 1
+    lanes.run(where, where)  # quiet again: two intra-op threads for the passes that run alone
+    assert torch.get_num_threads() == 2
 
 
 def test_a_short_window_keeps_the_last_decision(monkeypatch) -> None:
