@@ -2,7 +2,7 @@
 
 Shapes: ``B`` rollouts, ``T`` response tokens. ``mask`` is 1 on the response tokens up to and
 including the first EOS and 0 on the padding after it (the generator's response mask). Every
-function here is free of models, optimizers and processes; :mod:`alignloop.train.ppo` wires
+function here is free of models, optimizers and processes; :mod:`alignloop.train.experience` wires
 them together. Where a statistic must cover the whole global batch under data parallelism,
 the function accepts precomputed ``moments`` (see :func:`masked_moments`), which the trainer
 sums across processes first.
