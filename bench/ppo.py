@@ -16,12 +16,15 @@ timed from the end of the first iteration (a warm-up) to the end of the last; th
 process used per iteration (its work, robust to other load on the machine; on the ours/TRL line,
 TRL's CPU seconds over ours, so > 1 means less work for ours); and the process's peak RSS.
 
-Rows: full fine-tuning (the target: >= 1.5x TRL's episodes/s at <= 0.75x its peak memory), and
-LoRA (r=16, alpha 32 on q/k/v/o; the reference is the base with adapters disabled) for both,
-plus ours with the value model sharing the RM's trunk (value LoRA). Ours differs from TRL by
-design where it saves work or memory: logits only at response positions, policy and value passes
-side by side on the CPU cores, micro-batches of 4 rows grouped by length (``--micro-batch``), the
-value model sharing the RM's frozen token embeddings, freed heap memory returned after each pass.
+Rows: full fine-tuning, where both train the whole policy and the whole value model (the
+target: >= 1.5x TRL's episodes/s at <= 0.6x its peak RSS), and LoRA (r=16, alpha 32 on q/k/v/o;
+the reference is the base with adapters disabled; target >= 1.5x at <= 0.5x), plus ours with the
+value model sharing the RM's trunk. Every remaining difference between the two sides is printed
+beside the table (``DIFFERENCES``).
+
+``--contend`` runs our full fine-tuning row twice, quiet and beside one competing busy process
+(a Python loop on one core), and prints both seconds per iteration and their ratio (target
+<= 2.5x on a 2-core machine).
 """
 
 from __future__ import annotations
@@ -43,6 +46,20 @@ HERE = Path(__file__).resolve().parent
 TRL_VENV = HERE / ".venv-trl029"
 BATCH, RESPONSE_LENGTH, PPO_EPOCHS, TEMPERATURE, LR, KL = 8, 32, 4, 0.7, 1e-5, 0.05
 LORA = {"r": 16, "alpha": 32, "targets": "q_proj,k_proj,v_proj,o_proj"}
+
+#: What still differs between the two sides after the settings above, printed beside the table.
+DIFFERENCES = [
+    "value model, full rows: both train all of it; ours keeps the token embeddings frozen and shared with the "
+    "frozen RM (TRL trains its copy of them)",
+    "value model, LoRA rows: ours trains LoRA adapters (r=16) + head on a frozen copy of the RM trunk, TRL "
+    "trains its whole value model (TRL's PPO has no value LoRA)",
+    "value model, lora+shared-value row (ours only): adapters on the RM's own trunk, no copy",
+    "missing EOS: ours replaces the score by -1.0, TRL subtracts 1.0 from it (same work, different reward)",
+    "LR schedule: both linear to 0; ours steps per PPO update (4 per iteration), TRL per iteration",
+    "ours: logits only at response positions; micro-batches of --micro-batch rows grouped by length; the "
+    "reference, value and RM passes side by side on the free cores; freed heap returned after each pass",
+    "both take pi_old from the sampler's log-probs; ours samples in one part per core (own seeds), TRL in one batch",
+]
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -128,7 +145,11 @@ def worker_ours(spec: dict, iterations: int, variant: str, micro_batch: int) -> 
         lora_alpha=LORA["alpha"],
         lora_target_modules=LORA["targets"],
         value_model="shared" if variant == "lora+shared-value" else "separate",
-        value_lora_r=LORA["r"],
+        value_lora_r=LORA["r"] if variant != "full" else 0,  # full FT: the whole value model, as TRL
+        value_lora_alpha=LORA["alpha"],
+        adam_eps=1e-8,  # TRL's (transformers') AdamW defaults: betas (0.9, 0.999), eps 1e-8
+        max_grad_norm=0.0,  # TRL's PPO loop steps without clipping
+        lr_schedule="linear",  # TRL's default: linear decay to 0 over the run
         generation=GenerationConfig(max_new_tokens=RESPONSE_LENGTH, temperature=TEMPERATURE, batch_size=BATCH),
         micro_batch_size=micro_batch,
     )
@@ -245,10 +266,40 @@ def run_worker(
         cmd += ["--result", str(result), "--micro-batch", str(micro_batch)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ALIGNLOOP_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
         env.pop("PYTHONPATH", None)
+        if which == "ours":  # this checkout's alignloop, not whichever the venv has installed
+            env["PYTHONPATH"] = str(HERE.parent / "src")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out)
         if proc.returncode != 0:
             return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
         return json.loads(result.read_text())
+
+
+def contend(args: argparse.Namespace, work_root: Path) -> None:
+    """Our full fine-tuning row on a quiet machine, then beside one competing busy process."""
+    print(f"--contend: full fine-tuning, {args.iterations} iterations, torch threads {args.threads}", flush=True)
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        prepare(model, work_root / model)
+        spec_file = work_root / model / "spec.json"
+        quiet = run_worker(sys.executable, "ours", spec_file, args.iterations, "full", args.threads, args.micro_batch)
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # one core kept busy
+        try:
+            loaded = run_worker(
+                sys.executable, "ours", spec_file, args.iterations, "full", args.threads, args.micro_batch
+            )
+        finally:
+            busy.kill()
+            busy.wait()
+        if "error" in quiet or "error" in loaded:
+            print(f"{model}: error: {quiet.get('error') or loaded.get('error')}")
+            continue
+        q, c = quiet["seconds_per_iteration"], loaded["seconds_per_iteration"]
+        print(
+            f"{model:<24} quiet {q:8.2f} s/iter   one busy process {c:8.2f} s/iter   "
+            f"ratio {c / q:5.2f}x (target <= 2.5x)"
+        )
+        for name, r in (("quiet", quiet), ("contended", loaded)):
+            phases = ", ".join(f"{k} {v:.2f}s" for k, v in sorted(r["phases"].items()))
+            print(f"{'':<24} {name:<10} phases: {phases}", flush=True)
 
 
 def main() -> None:
@@ -258,6 +309,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-lora", action="store_true", help="only the full fine-tuning rows")
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument(
+        "--contend", action="store_true", help="our full-FT row quiet and beside one busy process (no TRL rows)"
+    )
     ap.add_argument("--micro-batch", type=int, default=4, help="our micro-batch rows (memory); 0 = the whole minibatch")
     ap.add_argument("--work", default=None, help="folder for the shared inputs (default: a temporary one)")
     # worker mode (internal)
@@ -281,8 +335,11 @@ def main() -> None:
 
     if args.iterations < 2:
         ap.error("--iterations must be at least 2 (the first one is a warm-up)")
-    trl_python = None if args.skip_trl else str(ensure_trl_venv())
     work_root = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="alignloop-bench-ppo-"))
+    if args.contend:
+        contend(args, work_root)
+        return
+    trl_python = None if args.skip_trl else str(ensure_trl_venv())
     variants = ["full"] if args.no_lora else ["full", "lora", "lora+shared-value"]
     print(
         f"batch {BATCH}, response length {RESPONSE_LENGTH}, {PPO_EPOCHS} PPO epochs, 1 minibatch, fp32, "
@@ -329,6 +386,9 @@ def main() -> None:
                 table.append(ratio)
                 print(ratio, flush=True)
     print("\n" + "\n".join(table))
+    print("\nDIFFERENCES (ours vs TRL, beyond the shared settings above):")
+    for line in DIFFERENCES:
+        print(f"  - {line}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from alignloop.models.generation import response_logprobs
 from alignloop.models.loading import load_policy, load_tokenizer
 from alignloop.models.registry import tiny_config
 from alignloop.models.scoring import FunctionScorer
+from alignloop.train.experience import ref_logprobs
 from alignloop.train.ppo import PPOTrainer
 
 PROMPTS = ["Name a fruit.", "Say hello.", "Count to three.", "Describe the sea."]
@@ -42,8 +43,8 @@ def test_round_two_reference_logprobs_are_the_sft_policys(tmp_path, lora_r: int)
     }
     gen = trainers["sft"].rollout(PROMPTS)
     q, qm, r, mask = gen.query_ids, gen.query_mask, gen.response_ids, gen.response_mask
-    ref = trainers["sft"]._ref_logprobs(q, qm, r, mask)[0]
-    default_ref = trainers["default"]._ref_logprobs(q, qm, r, mask)[0]
+    ref = ref_logprobs(trainers["sft"], q, qm, r, mask)[0]
+    default_ref = ref_logprobs(trainers["default"], q, qm, r, mask)[0]
     expected = {name: response_logprobs(load_policy(path)[0].eval(), q, qm, r, 1.0, response_mask=mask)[0]
                 for name, path in (("sft", sft), ("round1", round1))}  # fmt: skip
     torch.testing.assert_close(ref, expected["sft"], atol=1e-5, rtol=1e-5)

@@ -21,6 +21,7 @@ from alignloop.models.generation import response_logprobs as policy_logprobs
 from alignloop.models.loading import load_causal_lm, load_policy, load_tokenizer
 from alignloop.models.registry import tiny_config
 from alignloop.models.scoring import FunctionScorer
+from alignloop.train import update
 from alignloop.train.ppo import PPOTrainer, train_ppo
 from alignloop.train.runlog import read_metrics
 
@@ -67,14 +68,21 @@ def peaked_tiny(seed: int = 0):
     return LlamaForCausalLM(cfg), load_tokenizer("tiny")
 
 
-@pytest.mark.parametrize("lora_r", [0, 4])
-def test_kl_is_exactly_zero_at_the_first_step(lora_r: int) -> None:
-    res = train_ppo(small(lora_r=lora_r, lr=1e-2), "tiny", letter_e(), PROMPTS, None, progress=False)
+@pytest.mark.parametrize("lora_r,sampler", [(0, False), (4, False), (0, True)])
+def test_kl_is_zero_at_the_first_step(lora_r: int, sampler: bool) -> None:
+    """pi_old recomputed after sampling: exactly pi_SFT at the first step; pi_old from the sampler
+    (the default, as TRL): equal up to the numerical noise of a KV-cached forward (~1e-6)."""
+    cfg = small(lora_r=lora_r, lr=1e-2, pi_old_from_sampler=sampler)
+    res = train_ppo(cfg, "tiny", letter_e(), PROMPTS, None, progress=False)
     first, second = res.metrics
-    assert first["kl"] == 0.0 and first["kl_k3"] == 0.0 and first["non_score_reward"] == 0.0
+    if sampler:
+        assert abs(first["kl"]) < 1e-4 and 0 <= first["kl_k3"] < 1e-6 and abs(first["non_score_reward"]) < 1e-5
+    else:
+        assert first["kl"] == 0.0 and first["kl_k3"] == 0.0 and first["non_score_reward"] == 0.0
     assert second["kl"] != 0.0 and second["kl_k3"] > 0.0  # the policy moved away from the reference
     for name in ("rm_score", "entropy", "clipfrac", "approx_kl", "value_loss", "explained_variance", "lr", "beta"):
         assert name in first and name in second
+    assert second["kl"] > 10 * abs(first["kl"])
     assert first["eos_rate"] == 0.0 and first["response_length"] == 4.0
 
 
@@ -132,7 +140,7 @@ def test_eos_penalty_applies_only_to_responses_without_eos() -> None:
     assert ro.metrics["response_length"] == pytest.approx((3 + 4 + 1) / 3)
 
 
-def test_ptx_term_changes_the_gradient_as_its_coefficient_says() -> None:
+def test_ptx_term_changes_the_gradient_as_its_coefficient_says(monkeypatch) -> None:
     corpus = ["The cat sat on the mat.", "Rain falls in spring.", "Bread is made from flour and water."]
     trainer = PPOTrainer(
         small(gamma_ptx=1.0, ptx_batch_size=2, ppo_epochs=1, max_grad_norm=0.0),
@@ -150,7 +158,7 @@ def test_ptx_term_changes_the_gradient_as_its_coefficient_says() -> None:
             grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
         optimizer.zero_grad(set_to_none=True)
 
-    trainer._optimizer_step = capture
+    monkeypatch.setattr(update, "optimizer_step", lambda t, *args: capture(*args))
     gen = generate(trainer.unwrapped_policy, trainer.tokenizer, PROMPTS, trainer.config.generation, seed=0)
     ro = trainer.make_experience(PROMPTS, gen)
     for gamma in (0.0, 0.5, 2.0):
@@ -160,7 +168,7 @@ def test_ptx_term_changes_the_gradient_as_its_coefficient_says() -> None:
     # the pretraining gradient on its own: -mean log p(x) of the same batch
     trainer.config.gamma_ptx = 1.0
     trainer.policy.zero_grad(set_to_none=True)
-    loss, _ = trainer._ptx_loss(0, 0)
+    loss, _ = update.ptx_loss_of(trainer, *update.ptx_batch(trainer, 0, 0))
     loss.backward()
     ptx_grad = {n: p.grad.clone() for n, p in trainer.policy.named_parameters() if p.grad is not None}
     assert metrics["ptx_loss"] == pytest.approx(loss.item(), rel=1e-5)
@@ -197,6 +205,29 @@ def test_lora_reference_logprobs_equal_the_sft_model() -> None:
         sft_lp, _ = policy_logprobs(fresh, ro.query_ids, ro.query_mask, ro.response_ids, 1.0, response_mask=ro.mask)
     assert torch.equal(ro.ref_logprobs, sft_lp)
     assert not torch.allclose(ro.logprobs, ro.ref_logprobs, atol=1e-4)
+    # the logged explained variance: 1 - Var[returns - V] / Var[returns] over the response tokens
+    m = ro.mask.bool()
+    ret, res = ro.returns[m].double(), (ro.returns - ro.values)[m].double()
+    assert ro.values[m].abs().max() > 1e-3  # the value model has moved off its zero head
+    assert ro.metrics["explained_variance"] == pytest.approx(1 - res.var().item() / ret.var().item(), rel=1e-4)
+
+
+def test_sampler_logprobs_are_the_policy_logprobs() -> None:
+    """pi_old from the sampler (the default): the KV-cached log-probs and entropies of the sampled
+    tokens equal one forward pass over the whole sequence, up to float noise."""
+    trainer = PPOTrainer(small(), "tiny", letter_e(), PROMPTS, None, progress=False)
+    gen = trainer.rollout(PROMPTS)
+    with torch.no_grad():
+        lp, ent = policy_logprobs(
+            trainer.unwrapped_policy,
+            gen.query_ids,
+            gen.query_mask,
+            gen.response_ids,
+            1.0,
+            response_mask=gen.response_mask,
+        )
+    assert torch.allclose(gen.logprobs, lp, atol=1e-4) and torch.allclose(gen.entropy, ent, atol=1e-4)
+    assert gen.logprobs.abs().sum() > 0
 
 
 @pytest.mark.parametrize("layout,lora_r", [("separate", 0), ("separate", 4), ("shared", 0)])
@@ -253,7 +284,7 @@ def test_concurrent_passes_give_exactly_the_sequential_result() -> None:
         torch.set_num_threads(threads)
         cfg = small(concurrent_passes=concurrent, micro_batch_size=2, batch_size=4, gamma_ptx=0.5)
         trainer = PPOTrainer(cfg, "tiny", letter_e(), PROMPTS, None, ptx_texts=["Some text.", "More."], progress=False)
-        assert (trainer.concurrent and trainer.threads == 2) == concurrent
+        assert (trainer.lanes.enabled and trainer.lanes.threads == 2) == concurrent
         if gen is None:
             gen = generate(trainer.unwrapped_policy, trainer.tokenizer, PROMPTS, cfg.generation, seed=3)
         ro = trainer.make_experience(PROMPTS, gen)
@@ -366,7 +397,7 @@ def test_lora_rollout_passes_side_by_side_keep_policy_and_reference_apart() -> N
     for the reference must not leak into the policy pass (pi_old would equal pi_SFT, KL = 0)."""
     torch.set_num_threads(2)
     trainer = PPOTrainer(small(lora_r=4, lr=5e-2), "tiny", letter_e(), PROMPTS, None, progress=False)
-    assert trainer.concurrent and trainer.threads == 2
+    assert trainer.lanes.enabled and trainer.lanes.threads == 2
     gen = generate(trainer.unwrapped_policy, trainer.tokenizer, PROMPTS, trainer.config.generation, seed=0)
     trainer.ppo_update(trainer.make_experience(PROMPTS, gen), iteration=0)
     for _ in range(3):  # a leak is a race: look several times
@@ -394,7 +425,7 @@ def test_shared_value_passes_side_by_side_keep_the_reward_model_clean() -> None:
     rm, rm_tok = init_reward_model("tiny")
     scorer = RewardScorer(rm, rm_tok)
     trainer = PPOTrainer(small(value_model="shared", lr=5e-2), "tiny", scorer, PROMPTS, None, progress=False)
-    assert trainer.concurrent and trainer.threads == 2
+    assert trainer.lanes.enabled and trainer.lanes.threads == 2
     gen = generate(trainer.unwrapped_policy, trainer.tokenizer, PROMPTS, trainer.config.generation, seed=0)
     trainer.ppo_update(trainer.make_experience(PROMPTS, gen), iteration=0)
     lora_b = [p for n, p in trainer.unwrapped_value.named_parameters() if "lora_B" in n]
@@ -403,3 +434,20 @@ def test_shared_value_passes_side_by_side_keep_the_reward_model_clean() -> None:
     for _ in range(3):  # a leak is a race: look several times
         ro = trainer.make_experience(PROMPTS, gen)
         assert ro.scores.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_run_folder_holds_one_run(tmp_path: Path) -> None:
+    """A fresh run never truncates another run's metrics or mixes checkpoints with it; resume
+    needs a checkpoint and the same config; --overwrite replaces the old PPO run."""
+    run = tmp_path / "ppo"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 7}\n')
+    with pytest.raises(AlignloopError, match="is not empty"):
+        PPOTrainer(small(), "tiny", letter_e(), PROMPTS, run)
+    assert (run / "metrics.jsonl").read_text() == '{"step": 7}\n'  # nothing lost
+    with pytest.raises(AlignloopError, match="nothing to resume"):
+        PPOTrainer(small(), "tiny", letter_e(), PROMPTS, run, resume=True)
+    train_ppo(small(total_episodes=4), "tiny", letter_e(), PROMPTS, run, overwrite=True, progress=False)
+    assert [r["step"] for r in read_metrics(run)] == [1] and (run / "policy").is_dir()
+    with pytest.raises(AlignloopError, match="config differs.* lr"):
+        PPOTrainer(small(total_episodes=4, lr=0.5), "tiny", letter_e(), PROMPTS, run, resume=True)

@@ -97,20 +97,23 @@ def test_masked_statistics_and_whitening() -> None:
     assert torch.allclose(core.masked_whiten(x[:1], mask[:1], moments=m), w[:1], atol=1e-6)
 
 
-def test_explained_variance() -> None:
-    ret = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
-    mask = torch.ones(1, 4)
-    assert core.explained_variance(ret, ret, mask).item() == pytest.approx(1.0)
-    assert core.explained_variance(torch.full_like(ret, 2.5), ret, mask).item() == pytest.approx(0.0)
+def test_response_logprobs_use_the_temperature() -> None:
+    """The live log-prob/entropy code (:func:`response_logprobs`) on fixed logits: softmax(logits / T)."""
+    from types import SimpleNamespace
 
+    from alignloop.models.generation import response_logprobs
 
-def test_logprobs_and_entropy_use_the_temperature() -> None:
-    logits = torch.tensor([[[2.0, 0.0, -1.0]]])
-    labels = torch.tensor([[0]])
-    lp, ent = core.logprobs_and_entropy(logits, labels, temperature=2.0)
-    p = torch.softmax(logits / 2.0, -1)
-    assert lp.item() == pytest.approx(math.log(p[0, 0, 0].item()))
-    assert ent.item() == pytest.approx(-(p * p.log()).sum().item())
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [2.0, 0.0, -1.0], [0.5, 0.5, 3.0]]])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, position_ids, use_cache):
+            return SimpleNamespace(logits=logits[:, : input_ids.shape[1]])
+
+    query, response = torch.tensor([[5]]), torch.tensor([[0, 2]])
+    lp, ent = response_logprobs(Fixed(), query, torch.ones_like(query), response, 2.0)
+    p = torch.softmax(logits[0, :2] / 2.0, -1)
+    assert lp[0].tolist() == pytest.approx([math.log(p[0, 0].item()), math.log(p[1, 2].item())])
+    assert ent[0].tolist() == pytest.approx((-(p * p.log()).sum(-1)).tolist())
 
 
 def test_kl_controllers() -> None:

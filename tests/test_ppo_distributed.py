@@ -40,7 +40,7 @@ cfg = PPOConfig(
     micro_batch_size=2, generation=GenerationConfig(max_new_tokens=6, temperature=1.0),
 )
 scorer = FunctionScorer(lambda p, c: c.count("e") - 0.1 * len(c))
-trainer = PPOTrainer(cfg, "tiny", scorer, prompts, out + "/run", ptx_texts=corpus, progress=False)
+trainer = PPOTrainer(cfg, "tiny", scorer, prompts, None, ptx_texts=corpus, progress=False)  # no run folder
 rank, world = trainer.rank, trainer.world
 
 # 1. The same global batch for any number of processes: sampled from the initial policy with a

@@ -314,6 +314,7 @@ class PPOConfig:
     lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or a comma-separated list
     value_model: str = "separate"  # "separate": a trained copy of the RM | "shared": LoRA on the RM's own trunk
     value_lora_r: int = 0  # value model LoRA rank: 0 = train the separate copy in full (shared: 16 when 0)
+    value_lora_alpha: int = 32  # value model LoRA alpha (with value_lora_r > 0 or a shared value model)
     value_lr: float = 0.0  # 0 = same as lr
     value_layers: int = 0  # value model from the policy trunk: keep its first N layers (0 = all)
     whiten_advantages: bool = True
@@ -321,6 +322,12 @@ class PPOConfig:
     lr_schedule: str = "constant"  # "constant" | "linear" (decay to 0 over the run)
     max_grad_norm: float = 1.0  # 0 = no clipping
     adam_eps: float = 1e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    score_batch_size: int = 64  # completions per reward-model call while scoring a rollout
+    # pi_old = the sampler's log-probabilities (as TRL; the first step's KL is then ~1e-6 of
+    # numerical noise, not 0) instead of one more forward pass over the policy after sampling.
+    pi_old_from_sampler: bool = True
     micro_batch_size: int = 4  # rows per forward/backward pass on each process (memory); 0 = the whole minibatch
     ptx_batch_size: int = 8  # pretraining texts per PPO-ptx update (global)
     ptx_max_length: int = 128
@@ -359,6 +366,8 @@ class PPOConfig:
             raise ValueError("target_kl, kl_horizon: must be positive with adaptive_kl")
         if self.value_layers < 0:
             raise ValueError(f"value_layers: must be >= 0, got {self.value_layers}")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1) or self.score_batch_size < 1:
+            raise ValueError("adam_beta1, adam_beta2: must be in [0, 1); score_batch_size: at least 1")
         if self.lora_r < 0 or self.micro_batch_size < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ValueError("lora_r, micro_batch_size, checkpoint_every: must be >= 0; keep_checkpoints >= 1")
 

@@ -473,6 +473,7 @@ class _Run:
     def rl(self, rnd: dict[str, Any]) -> str:
         from alignloop.models.reward import load_scorer
         from alignloop.train.ppo import train_ppo
+        from alignloop.train.run_folder import can_resume
         from alignloop.train.runlog import read_metrics
 
         ppo_dir = self.rdir(rnd) / "ppo"
@@ -480,8 +481,10 @@ class _Run:
         extra = {"gold": self.judge} if self.use_gold else {}
         texts = [p.text for p in self.prompts("ppo")][: self.cfg.n_ppo_prompts]
         self.log(f"round {rnd['index']}: PPO from {rnd['policy']}, KL reference {self.reference(rnd) or rnd['policy']}")
+        resume = can_resume(ppo_dir)  # the loop owns the folder: continue its PPO run, or start it afresh
         result = train_ppo(replace(self.cfg.ppo, seed=self.seed(rnd)), rnd["policy"], scorer, texts, ppo_dir,
-                           extra_scorers=extra, resume=True, reference=self.reference(rnd))  # fmt: skip
+                           extra_scorers=extra, resume=resume, overwrite=not resume,
+                           reference=self.reference(rnd))  # fmt: skip
         if result.policy_dir is None:
             raise AlignloopError(f"round {rnd['index']}: PPO saved no policy", "see the PPO log in the round folder")
         rows = read_metrics(ppo_dir)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from alignloop.cli.run_options import OVERWRITE_HELP, RESUME_HELP
 from alignloop.cli.scaling import DTYPE_HELP, FROZEN_HELP, GC_HELP, STRATEGY_HELP
 from alignloop.config import PPOConfig, load_stage_config, with_distributed
 from alignloop.data.jsonl import iter_documents, iter_json_lines
@@ -46,7 +47,8 @@ def register(app: typer.Typer) -> None:
         strategy: str = typer.Option(None, "--strategy", help=STRATEGY_HELP),
         grad_ckpt: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=GC_HELP),
         frozen_dtype: str = typer.Option(None, "--frozen-dtype", help=FROZEN_HELP),
-        resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
+        resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Optimise the policy against the reward model with PPO (KL penalty to the SFT policy)."""
         from alignloop.train.checkpoint import stop_on_signal
@@ -60,7 +62,9 @@ def register(app: typer.Typer) -> None:
         if cfg.gamma_ptx > 0 and not texts:
             raise AlignloopError("ppo.gamma_ptx > 0 needs a pretraining corpus", "pass --ptx FILE")
         with stop_on_signal():  # Ctrl-C / SIGTERM: checkpoint, "resume with ...", exit 130
-            result = train_ppo(cfg, policy, rm, read_prompts(prompts), out, ptx_texts=texts, resume=resume)
+            result = train_ppo(
+                cfg, policy, rm, read_prompts(prompts), out, ptx_texts=texts, resume=resume, overwrite=overwrite
+            )
         last = result.metrics[-1] if result.metrics else {}
         if last and result.is_main:
             typer.echo(

@@ -41,7 +41,8 @@ class Generation:
     ``query_ids``/``query_mask`` are left-padded; ``response_ids`` hold the pad id after the
     first EOS; ``response_mask`` is 1 up to and including the first EOS (all ones up to
     ``max_new_tokens`` when the response never ended); ``logprobs`` are log-probabilities of the
-    sampled tokens under softmax(logits / temperature) (0 where masked), when requested.
+    sampled tokens under softmax(logits / temperature) and ``entropy`` that distribution's entropy
+    at each sampled position (both 0 where masked), when requested.
     """
 
     query_ids: torch.Tensor  # (B, Lq) long
@@ -51,6 +52,7 @@ class Generation:
     texts: list[str]
     has_eos: torch.Tensor  # (B,) bool
     logprobs: torch.Tensor | None = None  # (B, Lr) float
+    entropy: torch.Tensor | None = None  # (B, Lr) float
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -193,8 +195,9 @@ def _sample_micro_batch(
     pad_id: int,
     generator: torch.Generator | None,
     want_logprobs: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Decode one micro-batch step by step with the KV cache; returns (tokens, mask, has_eos, logprobs)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Decode one micro-batch step by step with the KV cache; returns (tokens, mask, has_eos,
+    logprobs, entropy)."""
     batch = query_ids.shape[0]
     device = query_ids.device
     attention = query_mask
@@ -203,15 +206,18 @@ def _sample_micro_batch(
     cache = new_kv_cache(model)
     logits = _prefill(model, query_ids, attention, positions, cache)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, masks, logps = [], [], []
+    tokens, masks, logps, ents = [], [], [], []
     lp_temperature = config.temperature if config.temperature > 0 else 1.0
     for t in range(config.max_new_tokens):
         next_tok = sample_next_token(logits, config.temperature, config.top_p, generator)
         next_tok = torch.where(finished, torch.full_like(next_tok, pad_id), next_tok)
         masks.append((~finished).long())
         if want_logprobs:
-            lp = F.log_softmax(logits.float() / lp_temperature, -1).gather(-1, next_tok[:, None]).squeeze(-1)
+            lp_all = F.log_softmax(logits.float() / lp_temperature, -1)
+            lp = lp_all.gather(-1, next_tok[:, None]).squeeze(-1)
+            ent = -(lp_all.exp() * lp_all).sum(-1)
             logps.append(torch.where(finished, torch.zeros_like(lp), lp))
+            ents.append(torch.where(finished, torch.zeros_like(ent), ent))
         tokens.append(next_tok)
         finished = finished | torch.isin(next_tok, eos_ids)
         if _all_finished(model, finished) or t == config.max_new_tokens - 1:
@@ -230,8 +236,11 @@ def _sample_micro_batch(
         logits = out.logits[:, -1, :]
     resp = torch.stack(tokens, 1) if tokens else query_ids.new_zeros(batch, 0)
     mask = torch.stack(masks, 1) if masks else query_ids.new_zeros(batch, 0)
-    logprobs = (torch.stack(logps, 1) if logps else torch.zeros(batch, 0, device=device)) if want_logprobs else None
-    return resp, mask, finished, logprobs
+    logprobs = entropy = None
+    if want_logprobs:
+        logprobs = torch.stack(logps, 1) if logps else torch.zeros(batch, 0, device=device)
+        entropy = torch.stack(ents, 1) if ents else torch.zeros(batch, 0, device=device)
+    return resp, mask, finished, logprobs, entropy
 
 
 def decode_responses(tokenizer: Any, response_ids: torch.Tensor, response_mask: torch.Tensor, has_eos: torch.Tensor):
@@ -286,10 +295,10 @@ def generate(
         for i in track(starts, progress or "", enabled=progress is not None):
             q_ids, q_mask = left_pad(rows[i : i + config.batch_size], pad_id)
             q_ids, q_mask = q_ids.to(device), q_mask.to(device)
-            r_ids, r_mask, eos, lps = _sample_micro_batch(
+            r_ids, r_mask, eos, lps, ents = _sample_micro_batch(
                 model, q_ids, q_mask, config, eos_ids, pad_id, generator, return_logprobs
             )
-            parts.append((q_ids, q_mask, r_ids, r_mask, eos, lps))
+            parts.append((q_ids, q_mask, r_ids, r_mask, eos, lps, ents))
     finally:
         model.train(was_training)
     return _concat(parts, tokenizer, pad_id, device, return_logprobs)
@@ -309,11 +318,12 @@ def _concat(parts: list, tokenizer: Any, pad_id: int, device: torch.device, with
     r_ids = torch.cat([pad(p[2], lr, pad_id, False) for p in parts]) if parts else torch.zeros(0, 0, dtype=torch.long)
     r_mask = torch.cat([pad(p[3], lr, 0, False) for p in parts]) if parts else torch.zeros(0, 0, dtype=torch.long)
     has_eos = torch.cat([p[4] for p in parts]) if parts else torch.zeros(0, dtype=torch.bool)
-    logprobs = None
+    logprobs = entropy = None
     if with_logprobs:
         logprobs = torch.cat([pad(p[5], lr, 0.0, False) for p in parts]) if parts else torch.zeros(0, 0)
+        entropy = torch.cat([pad(p[6], lr, 0.0, False) for p in parts]) if parts else torch.zeros(0, 0)
     texts = decode_responses(tokenizer, r_ids, r_mask, has_eos)
-    return Generation(q_ids, q_mask, r_ids, r_mask, texts, has_eos, logprobs)
+    return Generation(q_ids, q_mask, r_ids, r_mask, texts, has_eos, logprobs, entropy)
 
 
 def forward_last_logits(model: Any, keep: int, **inputs: Any) -> torch.Tensor:

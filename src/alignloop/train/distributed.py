@@ -313,7 +313,7 @@ def release_host_memory(device: torch.device | str) -> None:
     where the caching allocator owns device memory and a trim would only cost a system call."""
     if on_cuda(device):
         return
-    from alignloop.train.ppo import release_freed_memory
+    from alignloop.train.cpu_lanes import release_freed_memory
 
     release_freed_memory()
 

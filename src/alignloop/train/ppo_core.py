@@ -2,7 +2,7 @@
 
 Shapes: ``B`` rollouts, ``T`` response tokens. ``mask`` is 1 on the response tokens up to and
 including the first EOS and 0 on the padding after it (the generator's response mask). Every
-function here is free of models, optimizers and processes; :mod:`alignloop.train.ppo` wires
+function here is free of models, optimizers and processes; :mod:`alignloop.train.experience` wires
 them together. Where a statistic must cover the whole global batch under data parallelism,
 the function accepts precomputed ``moments`` (see :func:`masked_moments`), which the trainer
 sums across processes first.
@@ -141,29 +141,6 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     advantages = advantages * mask
     returns = (advantages + values) * mask
     return advantages, returns
-
-
-def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
-    """1 - Var[returns - values] / Var[returns]: 1 = perfect value function, <= 0 = no better than
-    the mean."""
-    var_returns = masked_var(returns, mask)
-    return 1 - masked_var(returns - values, mask) / var_returns.clamp(min=1e-8)
-
-
-# ---------------------------------------------------------------------------------------------
-# Token log-probabilities
-
-
-def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """log pi(label) and the entropy of pi per position, from logits divided by ``temperature``
-    (the same temperature as in sampling, so training sees the distribution that sampled)."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1)
-    token_logp = torch.gather(logp, -1, labels.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return token_logp, entropy
 
 
 # ---------------------------------------------------------------------------------------------

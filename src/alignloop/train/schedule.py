@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule shared by the SFT, reward-model and PPO trainers.
+"""Optimizer and learning-rate schedules shared by the SFT, reward-model, DPO and PPO trainers.
 
 The paper trains SFT with cosine learning-rate decay; we add a linear warm-up, which keeps the
 first steps of Adam (whose second-moment estimate is still noisy) from wrecking a pretrained
@@ -66,11 +66,26 @@ def build_optimizer(
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.95),
     eps: float = 1e-8,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW over the model's trainable parameters (LoRA adapters only, when the base is frozen).
     ``betas``/``eps``: the stage config's ``adam_betas``/``adam_eps`` (the defaults are SFTConfig's;
-    see there why)."""
+    see there why). ``fused``: the fused kernel (one pass per tensor, no temporaries) where every
+    parameter's device and dtype allow it; the same arithmetic, less memory traffic."""
     groups = param_groups(model.named_parameters(), weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    params = [p for g in groups for p in g["params"]]
+    fused = fused and all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params
+    )
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+
+
+def constant_or_linear(
+    optimizer: torch.optim.Optimizer, kind: str, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """PPO's schedules: ``constant``, or ``linear`` decay from the full rate to 0 over ``total_steps``."""
+    if kind == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / max(1, total_steps)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
