@@ -176,6 +176,14 @@ def test_tokens_without_probability_are_never_drawn() -> None:
     assert one_token.eq(7).all()
 
 
+def test_a_uniform_draw_rounded_up_to_the_total_takes_the_last_token_with_probability(monkeypatch) -> None:
+    from alignloop.models import generation
+
+    monkeypatch.setattr(generation.torch, "rand", lambda shape, **kw: torch.ones(shape))  # the float edge u == 1
+    probs = torch.tensor([[0.25, 0.75, 0.0, 0.0], [0.5, 0.0, 0.5, 0.0]])
+    assert generation._inverse_cdf_draw(probs, None).tolist() == [1, 2]
+
+
 def test_response_logprobs_match_the_sampled_tokens(tiny) -> None:
     model, tok = tiny
     for temperature in (0.7, 1.3):

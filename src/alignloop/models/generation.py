@@ -105,9 +105,11 @@ def _inverse_cdf_draw(probs: torch.Tensor, generator: torch.Generator | None) ->
     cdf = probs.cumsum(-1)
     total = cdf[..., -1:]
     u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=probs.dtype) * total
-    index = torch.searchsorted(cdf, u, right=True)
-    last_positive = (cdf < total).sum(-1, keepdim=True)
-    return torch.minimum(index, last_positive).squeeze(-1)
+    index = torch.searchsorted(cdf, u, right=True).clamp_max(probs.shape[-1] - 1)
+    rounded_up = probs.gather(-1, index) == 0  # rare: only past the last token with probability
+    if rounded_up.any():
+        index = torch.where(rounded_up, (cdf < total).sum(-1, keepdim=True), index)
+    return index.squeeze(-1)
 
 
 def _all_finished(model: Any, finished: torch.Tensor) -> bool:
