@@ -165,6 +165,25 @@ def test_top_p_keeps_the_smallest_nucleus_reaching_p() -> None:
     assert only_best.eq(0).all()  # 0.5 alone reaches top_p = 0.5
 
 
+def test_tokens_without_probability_are_never_drawn() -> None:
+    # -inf logits (a masked vocabulary) at the ends and in the middle, and uniform draws next to 0 and 1
+    logits = torch.tensor([[float("-inf"), 0.0, float("-inf"), 0.0, float("-inf")]]).repeat(50000, 1)
+    draws = sample_next_token(logits, 1.0, 1.0, torch.Generator().manual_seed(3))
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert freq[0] == freq[2] == freq[4] == 0
+    assert abs(freq[1] - 0.5) < 0.01
+    one_token = sample_next_token(torch.tensor([[float("-inf")] * 7 + [0.0]]).repeat(1000, 1), 1.0)
+    assert one_token.eq(7).all()
+
+
+def test_a_uniform_draw_rounded_up_to_the_total_takes_the_last_token_with_probability(monkeypatch) -> None:
+    from alignloop.models import generation
+
+    monkeypatch.setattr(generation.torch, "rand", lambda shape, **kw: torch.ones(shape))  # the float edge u == 1
+    probs = torch.tensor([[0.25, 0.75, 0.0, 0.0], [0.5, 0.0, 0.5, 0.0]])
+    assert generation._inverse_cdf_draw(probs, None).tolist() == [1, 2]
+
+
 def test_response_logprobs_match_the_sampled_tokens(tiny) -> None:
     model, tok = tiny
     for temperature in (0.7, 1.3):
