@@ -66,6 +66,8 @@ from alignloop.models.value import (
 )
 from alignloop.train import ppo_core as core
 from alignloop.train.checkpoint import (
+    budget_active,
+    budget_spent,
     interrupt_point,
     latest_checkpoint,
     load_checkpoint,
@@ -373,8 +375,8 @@ class PPOTrainer:
             self.history.append(metrics)
             if self.on_iteration is not None:
                 self.on_iteration(self.iteration, metrics)
-            # 9. Checkpoint.
-            last = self.iteration == self.n_iterations
+            # 9. Checkpoint. A spent wall-time budget (`alignloop compare`) ends the run here, with its policy.
+            last = self.iteration == self.n_iterations or self._budget_spent()
             interrupted = stop_requested() and not last
             if self.run_dir is not None and (
                 last or interrupted or (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0)
@@ -383,9 +385,17 @@ class PPOTrainer:
             if interrupted:
                 self.log.close()
                 interrupt_point(self.iteration, self.run_dir)  # Ctrl-C / SIGTERM: the checkpoint above is written
+            if last:
+                break
         policy_dir = self.save_policy(self.run_dir / "policy") if self.run_dir is not None else None
         self.log.close()
         return PPOResult(self.run_dir, policy_dir, self.iteration, self.history, self.is_main)
+
+    def _budget_spent(self) -> bool:
+        """:func:`~alignloop.train.checkpoint.budget_spent`, agreed by every process (any one's clock decides)."""
+        if not budget_active():
+            return False
+        return bool(self._all_sum(torch.tensor(float(budget_spent()), device=self.acc.device)) > 0)
 
     def batch_prompts(self, iteration: int) -> list[str]:
         """This process's prompts of ``iteration``: positions [it*B, (it+1)*B) of the endless

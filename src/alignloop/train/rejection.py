@@ -165,13 +165,21 @@ def write_best_of_n(result: BestOfN, out_dir: str | Path) -> Path:
 
 
 def rejection_sampling_finetune(
-    cfg: BoNConfig, prompts: Sequence[Prompt], scorer: Scorer, run_dir: str | Path, *, resume: bool = False
+    cfg: BoNConfig,
+    prompts: Sequence[Prompt],
+    scorer: Scorer,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    samples: BestOfN | None = None,
 ):
     """Best-of-N on ``prompts``, then SFT of ``cfg.policy`` on the best samples.
 
     With ``cfg.val_fraction > 0`` the best samples of held-out prompts form the validation set
     and ``scorer`` chooses the kept checkpoint (as SFT with an RM does). The samples are written
     to ``run_dir/best_of_n.jsonl`` first; a resumed run reuses them rather than sampling again.
+    ``samples``: best-of-N already drawn for ``prompts`` (``alignloop compare`` samples in chunks
+    to stop at a wall-time budget); they are written and trained on instead of sampling here.
     Returns (BestOfN, SFTResult).
     """
     from alignloop.config import dump_config
@@ -185,7 +193,7 @@ def rejection_sampling_finetune(
         rows = [json.loads(ln) for ln in samples_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         result = BestOfN.from_records(rows)
     else:
-        result = sample_best_of_n(cfg, prompts, scorer)
+        result = samples if samples is not None else sample_best_of_n(cfg, prompts, scorer)
         run.mkdir(parents=True, exist_ok=True)
         write_best_of_n(result, run)
         dump_config(cfg, run / "bon_config.yaml")

@@ -47,6 +47,8 @@ from alignloop.models.generation import forward_last_logits, generate, query_tok
 from alignloop.models.loading import disable_dropout, load_causal_lm, load_tokenizer, set_default_system_prompt
 from alignloop.models.scoring import Scorer, score_all
 from alignloop.train.checkpoint import (
+    budget_active,
+    budget_spent,
     interrupt_point,
     latest_checkpoint,
     load_checkpoint,
@@ -301,6 +303,14 @@ def _fingerprint(demos: Sequence[Demonstration], ends: Sequence[bool]) -> str:
     return h.hexdigest()[:16]
 
 
+def _agreed_budget_spent(acc: Any) -> bool:
+    """:func:`~alignloop.train.checkpoint.budget_spent`, agreed by every process (any one's clock decides)."""
+    if not budget_active():
+        return False
+    spent = torch.tensor(float(budget_spent()), device=acc.device)
+    return bool((acc.reduce(spent, "sum") if acc.num_processes > 1 else spent) > 0)
+
+
 def _check_resumable(run_dir: Path, cfg: SFTConfig) -> None:
     """A resume must continue the same run: refuse a changed config (its schedule would differ)."""
     saved_path = run_dir / "config.yaml"
@@ -531,6 +541,12 @@ def train_sft(
                     acc.wait_for_everyone()
             epoch_t0 = time.perf_counter()
         runlog.log(done, row)
+        if done < total_steps and _agreed_budget_spent(acc):  # `alignloop compare`'s wall time: finish here
+            total_steps = done
+            if on_step is not None:
+                on_step(done, row)
+            result.steps = done
+            break
         stopping = (stop_at_step is not None and done >= stop_at_step) or stop_requested()
         # The last step writes final/ instead: a finished run has nothing to resume, and a 135M
         # model's checkpoint with Adam state is 1.6 GB of writing.
