@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -84,6 +85,18 @@ def test_compare_two_methods_writes_the_table_and_the_plot(tmp_path) -> None:
     assert all(b["best_score"] == max(b["scores"]) for b in best)
     assert rows["rloo"]["stopped"] == rows["dpo"]["stopped"] == "complete"
     assert "Budget: the same number of policy samples" in table
+    # the HTML report of the run folder shows the comparison: its table (every method, with intervals) and plot
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "out" / "report" / "index.html").read_text()
+    section = page[page.index("Methods compared on the same feedback") :]
+    for method in ("rloo", "dpo", "bon2", "rejection_ft", "sft"):
+        assert f"<td>{method}</td>" in section
+    lo, hi = rows["dpo"]["gold_ci"]
+    assert f"{100 * rows['dpo']['gold_win_rate']:.1f} % [{100 * lo:.1f} %, {100 * hi:.1f} %]" in section
+    png = (tmp_path / "out" / "compare.png").read_bytes()
+    assert base64.b64encode(png).decode() in section
+    assert sorted(p.name for p in (tmp_path / "out" / "report").glob("*compare.png"))
 
 
 def test_compare_wall_time_budget_stops_every_method_at_a_step_boundary(tmp_path) -> None:
