@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from alignloop.cli.main import app
-from alignloop.config import CompareConfig
+from alignloop.config import CompareBudget, CompareConfig
 from alignloop.data.jsonl import write_jsonl
 from alignloop.data.records import Prompt, Ranking
 from alignloop.errors import AlignloopError
@@ -129,3 +129,25 @@ def test_compare_config_errors_name_the_key(tmp_path) -> None:
         run_compare(
             CompareConfig(policy="tiny", rankings="r", eval_prompts="e", prompts="p", methods=["ppo_ptx"]), tmp_path
         )
+    with pytest.raises(AlignloopError, match="budget.kind: must be samples or wall_time"):
+        run_compare(
+            CompareConfig(policy="tiny", rankings="r", eval_prompts="e", budget=CompareBudget("time")), tmp_path
+        )
+    with pytest.raises(AlignloopError, match="budget.seconds"):
+        run_compare(
+            CompareConfig(policy="t", rankings="r", eval_prompts="e", budget=CompareBudget("wall_time")), tmp_path
+        )
+
+
+def test_wall_time_budget_is_scoped_and_spent_at_its_deadline() -> None:
+    from alignloop.train.checkpoint import budget_active, budget_spent, wall_time_budget
+
+    assert not budget_active() and not budget_spent()
+    with wall_time_budget(3600):
+        assert budget_active() and not budget_spent()
+        with wall_time_budget(0.0):  # a nested budget replaces the outer one while it lasts
+            assert budget_spent()
+        assert not budget_spent()
+    with wall_time_budget(None):
+        assert not budget_active()
+    assert not budget_active()
