@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from alignloop.cli.main import app
-from alignloop.config import CompareBudget, CompareConfig
-from alignloop.data.jsonl import write_jsonl
+from alignloop.config import CompareBudget, CompareConfig, load_config
+from alignloop.data.jsonl import read_jsonl, write_jsonl
 from alignloop.data.records import Prompt, Ranking
 from alignloop.errors import AlignloopError
+from alignloop.models.loading import load_tokenizer
+from alignloop.models.reward import pad_id
 
 ANSWERS = ["Yes, gladly.", "Sure.", "Maybe later.", "No."]
 
@@ -50,7 +53,8 @@ rm: {{model: {{name: tiny}}, lr: 0.01, val_fraction: 0.25}}
 ppo: {{total_episodes: {episodes}, batch_size: 4, minibatch_size: 4, ppo_epochs: 1, group_size: 2, lr: 0.01,
       generation: {{max_new_tokens: 4}}}}
 dpo: {{lr: 0.01, val_fraction: 0.25, epochs: {dpo_epochs}}}
-rejection_ft: {{n: 2, generation: {{max_new_tokens: 4, batch_size: 2}}, sft: {{lr: 0.01, epochs: 1, batch_size: 1}}}}
+rejection_ft: {{n: 2, generation: {{max_new_tokens: 4, batch_size: 2}},
+               sft: {{lr: 0.01, epochs: 1, batch_size: 1, lora_r: 4}}}}
 eval: {{samples_per_prompt: 2, bootstrap: 50, generation: {{max_new_tokens: 4}}}}
 """
     )
@@ -102,16 +106,16 @@ def test_compare_two_methods_writes_the_table_and_the_plot(tmp_path) -> None:
 def test_compare_wall_time_budget_stops_every_method_at_a_step_boundary(tmp_path) -> None:
     """A budget spent at once: each trained method stops after its first step (a deterministic stand-in
     for a budget crossed mid-run), writes a policy, and the table says what each spent."""
-    config = _inputs(tmp_path, "[rloo, dpo, rejection_ft]", "{kind: wall_time, seconds: 0.001}", episodes=400,
+    config = _inputs(tmp_path, "[ppo_ptx, dpo, rejection_ft]", "{kind: wall_time, seconds: 0.001}", episodes=400,
                      dpo_epochs=50)  # fmt: skip
     result = CliRunner().invoke(app, ["compare", str(config), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "compare.json").read_text())["rows"]}
-    assert all(rows[m]["stopped"] == "budget" for m in ("rloo", "dpo", "rejection_ft"))
-    # RLOO: one iteration of its 100 (4 samples); its policy and the checkpoint of that iteration exist
-    assert rows["rloo"]["steps"] == 1 and rows["rloo"]["samples"] == 4
-    assert (tmp_path / "out" / "rloo" / "policy" / "config.json").exists()
-    metrics = [json.loads(line) for line in (tmp_path / "out" / "rloo" / "metrics.jsonl").open()]
+    assert all(rows[m]["stopped"] == "budget" for m in ("ppo_ptx", "dpo", "rejection_ft"))
+    # PPO-ptx (with its value model): one iteration of its 100 (4 samples); its policy exists
+    assert rows["ppo_ptx"]["steps"] == 1 and rows["ppo_ptx"]["samples"] == 4
+    assert (tmp_path / "out" / "ppo_ptx" / "policy" / "config.json").exists()
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "ppo_ptx" / "metrics.jsonl").open()]
     assert max(m["step"] for m in metrics) == 1
     # rejection FT: one sampling chunk (batch 2 / n 2 = 1 prompt: 2 samples of the 400 / 2 budgeted), one SFT step
     assert rows["rejection_ft"]["samples"] == 2 and rows["rejection_ft"]["steps"] == 1
@@ -151,3 +155,31 @@ def test_wall_time_budget_is_scoped_and_spent_at_its_deadline() -> None:
     with wall_time_budget(None):
         assert not budget_active()
     assert not budget_active()
+
+
+def test_dpo_stopped_by_the_budget_keeps_its_last_checkpointed_step(tmp_path, monkeypatch) -> None:
+    """DPO under a wall-time budget crossed at step 2: the policy is step 1's checkpoint, LoRA merged."""
+    from alignloop import compare
+    from alignloop.models.loading import load_causal_lm
+    from alignloop.train import checkpoint
+    from alignloop.train.dpo import sequence_logprobs
+    from alignloop.train.sft import _build_model, build_example
+
+    cfg = load_config(_inputs(tmp_path, "[dpo]", "{kind: wall_time, seconds: 3600}", dpo_epochs=3), CompareConfig)
+    cfg.dpo.lora_r = 4
+    calls = iter([False, True])  # budget_spent() as DPO's steps 1 and 2 end
+    monkeypatch.setattr(checkpoint, "budget_spent", lambda: next(calls))
+    rankings = read_jsonl(tmp_path / "rankings.jsonl", Ranking)
+    with checkpoint.wall_time_budget(3600):
+        folder, spent = compare._dpo(cfg, rankings, tmp_path / "dpo")
+    assert spent == {"samples": 0, "steps": 1, "stopped": "budget"}
+    ckpt = checkpoint.latest_checkpoint(tmp_path / "dpo")
+    assert ckpt.name == "step-000001"
+    dpo_cfg = dataclasses.replace(cfg.dpo, model=dataclasses.replace(cfg.dpo.model, name="tiny"))
+    kept = _build_model(dpo_cfg, ckpt / "model").eval()
+    policy, sft = load_causal_lm(folder).eval(), load_causal_lm("tiny").eval()
+    tok = load_tokenizer(folder)
+    rows = [build_example(tok, "Question 1?", a, 64) for a in ANSWERS]
+    with torch.no_grad():
+        logps = [sequence_logprobs(m, rows, pad_id(tok), torch.device("cpu")) for m in (kept, policy, sft)]
+    assert torch.allclose(logps[0], logps[1], atol=1e-5) and not torch.allclose(logps[1], logps[2], atol=1e-4)

@@ -192,7 +192,7 @@ def _policy_from_checkpoint(dpo_cfg: Any, run: Path) -> str:
         return dpo_cfg.model.name
     with quiet_hf():
         model = _build_model(dpo_cfg, ckpt / "model")
-    export_model(model, load_tokenizer(str(ckpt / "model")), run / "policy", in_place=True)
+    export_model(model, load_tokenizer(dpo_cfg.model.name), run / "policy", in_place=True)
     return str(run / "policy")
 
 
