@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from alignloop.cli.main import app
-from alignloop.config import CompareConfig
-from alignloop.data.jsonl import write_jsonl
+from alignloop.config import CompareBudget, CompareConfig, load_config
+from alignloop.data.jsonl import read_jsonl, write_jsonl
 from alignloop.data.records import Prompt, Ranking
 from alignloop.errors import AlignloopError
+from alignloop.models.loading import load_tokenizer
+from alignloop.models.reward import pad_id
 
 ANSWERS = ["Yes, gladly.", "Sure.", "Maybe later.", "No."]
 
@@ -25,7 +30,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_compare_two_methods_writes_the_table_and_the_plot(tmp_path) -> None:
+def _inputs(tmp_path, methods: str, budget: str = "{kind: samples}", episodes: int = 4, dpo_epochs: int = 1) -> Path:
+    """The tiny model's compare config and its input files in ``tmp_path``."""
     rankings = [
         Ranking.from_ranks(f"p{i}", f"Question {i}?", ANSWERS[:3] if i % 2 else ANSWERS[1:], [0, 1, 2])
         for i in range(8)
@@ -41,18 +47,26 @@ rankings: {tmp_path / "rankings.jsonl"}
 prompts: {tmp_path / "prompts.jsonl"}
 eval_prompts: {tmp_path / "eval.jsonl"}
 ptx_corpus: {tmp_path / "ptx.txt"}
-methods: [rloo, dpo, bon2]
+methods: {methods}
+budget: {budget}
 rm: {{model: {{name: tiny}}, lr: 0.01, val_fraction: 0.25}}
-ppo: {{total_episodes: 4, batch_size: 4, minibatch_size: 4, ppo_epochs: 1, group_size: 2, lr: 0.01,
+ppo: {{total_episodes: {episodes}, batch_size: 4, minibatch_size: 4, ppo_epochs: 1, group_size: 2, lr: 0.01,
       generation: {{max_new_tokens: 4}}}}
-dpo: {{lr: 0.01, val_fraction: 0.25}}
+dpo: {{lr: 0.01, val_fraction: 0.25, epochs: {dpo_epochs}}}
+rejection_ft: {{n: 2, generation: {{max_new_tokens: 4, batch_size: 2}},
+               sft: {{lr: 0.01, epochs: 1, batch_size: 1, lora_r: 4}}}}
 eval: {{samples_per_prompt: 2, bootstrap: 50, generation: {{max_new_tokens: 4}}}}
 """
     )
-    result = CliRunner().invoke(app, ["compare", str(tmp_path / "compare.yaml"), "--out", str(tmp_path / "out")])
+    return tmp_path / "compare.yaml"
+
+
+def test_compare_two_methods_writes_the_table_and_the_plot(tmp_path) -> None:
+    config = _inputs(tmp_path, "[rloo, dpo, bon2, rejection_ft]")
+    result = CliRunner().invoke(app, ["compare", str(config), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     table = (tmp_path / "out" / "compare.md").read_text()
-    for method in ("rloo", "dpo", "bon2", "sft"):
+    for method in ("rloo", "dpo", "bon2", "rejection_ft", "sft"):
         assert f"| {method} |" in table
     assert "gold win rate vs SFT [95 % CI]" in result.output
     assert (tmp_path / "out" / "compare.png").stat().st_size > 1000
@@ -66,6 +80,48 @@ eval: {{samples_per_prompt: 2, bootstrap: 50, generation: {{max_new_tokens: 4}}}
     assert rows["bon2"]["kl"] == pytest.approx(0.6931 - 0.5, abs=1e-4) and rows["bon2"]["samples"] == 2 * 3 * 2
     assert rows["rloo"]["samples"] == 4 and rows["dpo"]["samples"] == 0 and rows["dpo"]["kl"] != 0
     assert (tmp_path / "out" / "rloo" / "policy").is_dir() and (tmp_path / "out" / "dpo" / "policy").is_dir()
+    # rejection-sampling FT: best-of-2 on total_episodes / 2 = 2 prompts (4 policy samples, as RLOO), then
+    # 2 SFT steps (batch 1) on the RM's favourites, which are the training data it wrote
+    rs = rows["rejection_ft"]
+    assert rs["samples"] == 4 and rs["steps"] == 2 and rs["stopped"] == "complete" and rs["kl"] != 0
+    best = [json.loads(line) for line in (tmp_path / "out" / "rejection_ft" / "best_of_n.jsonl").open()]
+    assert [b["prompt_id"] for b in best] == ["q0", "q1"] and all(len(b["completions"]) == 2 for b in best)
+    assert all(b["best_score"] == max(b["scores"]) for b in best)
+    assert rows["rloo"]["stopped"] == rows["dpo"]["stopped"] == "complete"
+    assert "Budget: the same number of policy samples" in table
+    # the HTML report of the run folder shows the comparison: its table (every method, with intervals) and plot
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "out" / "report" / "index.html").read_text()
+    section = page[page.index("Methods compared on the same feedback") :]
+    for method in ("rloo", "dpo", "bon2", "rejection_ft", "sft"):
+        assert f"<td>{method}</td>" in section
+    lo, hi = rows["dpo"]["gold_ci"]
+    assert f"{100 * rows['dpo']['gold_win_rate']:.1f} % [{100 * lo:.1f} %, {100 * hi:.1f} %]" in section
+    png = (tmp_path / "out" / "compare.png").read_bytes()
+    assert base64.b64encode(png).decode() in section
+    assert sorted(p.name for p in (tmp_path / "out" / "report").glob("*compare.png"))
+
+
+def test_compare_wall_time_budget_stops_every_method_at_a_step_boundary(tmp_path) -> None:
+    """A budget spent at once: each trained method stops after its first step (a deterministic stand-in
+    for a budget crossed mid-run), writes a policy, and the table says what each spent."""
+    config = _inputs(tmp_path, "[ppo_ptx, dpo, rejection_ft]", "{kind: wall_time, seconds: 0.001}", episodes=400,
+                     dpo_epochs=50)  # fmt: skip
+    result = CliRunner().invoke(app, ["compare", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "compare.json").read_text())["rows"]}
+    assert all(rows[m]["stopped"] == "budget" for m in ("ppo_ptx", "dpo", "rejection_ft"))
+    # PPO-ptx (with its value model): one iteration of its 100 (4 samples); its policy exists
+    assert rows["ppo_ptx"]["steps"] == 1 and rows["ppo_ptx"]["samples"] == 4
+    assert (tmp_path / "out" / "ppo_ptx" / "policy" / "config.json").exists()
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "ppo_ptx" / "metrics.jsonl").open()]
+    assert max(m["step"] for m in metrics) == 1
+    # rejection FT: one sampling chunk (batch 2 / n 2 = 1 prompt: 2 samples of the 400 / 2 budgeted), one SFT step
+    assert rows["rejection_ft"]["samples"] == 2 and rows["rejection_ft"]["steps"] == 1
+    # DPO: the step that crossed the budget is spent but not kept (no budget check inside train_dpo)
+    assert rows["dpo"]["steps"] == 0 and rows["dpo"]["samples"] == 0
+    assert "Budget: the same wall time" in (tmp_path / "out" / "compare.md").read_text()
 
 
 def test_compare_config_errors_name_the_key(tmp_path) -> None:
@@ -77,3 +133,53 @@ def test_compare_config_errors_name_the_key(tmp_path) -> None:
         run_compare(
             CompareConfig(policy="tiny", rankings="r", eval_prompts="e", prompts="p", methods=["ppo_ptx"]), tmp_path
         )
+    with pytest.raises(AlignloopError, match="budget.kind: must be samples or wall_time"):
+        run_compare(
+            CompareConfig(policy="tiny", rankings="r", eval_prompts="e", budget=CompareBudget("time")), tmp_path
+        )
+    with pytest.raises(AlignloopError, match="budget.seconds"):
+        run_compare(
+            CompareConfig(policy="t", rankings="r", eval_prompts="e", budget=CompareBudget("wall_time")), tmp_path
+        )
+
+
+def test_wall_time_budget_is_scoped_and_spent_at_its_deadline() -> None:
+    from alignloop.train.checkpoint import budget_active, budget_spent, wall_time_budget
+
+    assert not budget_active() and not budget_spent()
+    with wall_time_budget(3600):
+        assert budget_active() and not budget_spent()
+        with wall_time_budget(0.0):  # a nested budget replaces the outer one while it lasts
+            assert budget_spent()
+        assert not budget_spent()
+    with wall_time_budget(None):
+        assert not budget_active()
+    assert not budget_active()
+
+
+def test_dpo_stopped_by_the_budget_keeps_its_last_checkpointed_step(tmp_path, monkeypatch) -> None:
+    """DPO under a wall-time budget crossed at step 2: the policy is step 1's checkpoint, LoRA merged."""
+    from alignloop import compare
+    from alignloop.models.loading import load_causal_lm
+    from alignloop.train import checkpoint
+    from alignloop.train.dpo import sequence_logprobs
+    from alignloop.train.sft import _build_model, build_example
+
+    cfg = load_config(_inputs(tmp_path, "[dpo]", "{kind: wall_time, seconds: 3600}", dpo_epochs=3), CompareConfig)
+    cfg.dpo.lora_r = 4
+    calls = iter([False, True])  # budget_spent() as DPO's steps 1 and 2 end
+    monkeypatch.setattr(checkpoint, "budget_spent", lambda: next(calls))
+    rankings = read_jsonl(tmp_path / "rankings.jsonl", Ranking)
+    with checkpoint.wall_time_budget(3600):
+        folder, spent = compare._dpo(cfg, rankings, tmp_path / "dpo")
+    assert spent == {"samples": 0, "steps": 1, "stopped": "budget"}
+    ckpt = checkpoint.latest_checkpoint(tmp_path / "dpo")
+    assert ckpt.name == "step-000001"
+    dpo_cfg = dataclasses.replace(cfg.dpo, model=dataclasses.replace(cfg.dpo.model, name="tiny"))
+    kept = _build_model(dpo_cfg, ckpt / "model").eval()
+    policy, sft = load_causal_lm(folder).eval(), load_causal_lm("tiny").eval()
+    tok = load_tokenizer(folder)
+    rows = [build_example(tok, "Question 1?", a, 64) for a in ANSWERS]
+    with torch.no_grad():
+        logps = [sequence_logprobs(m, rows, pad_id(tok), torch.device("cpu")) for m in (kept, policy, sft)]
+    assert torch.allclose(logps[0], logps[1], atol=1e-5) and not torch.allclose(logps[1], logps[2], atol=1e-4)

@@ -2,20 +2,26 @@
 
 From one SFT policy and one set of rankings, in the order the code runs it:
 
-1. the reward model, trained once on the rankings (PPO, PPO-ptx, RLOO, GRPO and best-of-N
-   optimise it; it is also the second judge);
+1. the reward model, trained once on the rankings (PPO, PPO-ptx, RLOO, GRPO, best-of-N and
+   rejection-sampling FT optimise it; it is also the second judge);
 2. each method: ``ppo`` / ``ppo_ptx`` / ``rloo`` / ``grpo`` (the PPO trainer with that
    ``algorithm``, and ``gamma_ptx = ptx_gamma`` for PPO-ptx), ``dpo`` (directly on the rankings),
-   ``bonN`` (best-of-N at inference: N SFT samples per answer, the RM's favourite kept);
-   the matched budget is the number of policy samples: every RL method draws
-   ``ppo.total_episodes`` (DPO draws none, best-of-N draws N per evaluation answer);
+   ``rejection_ft`` (best-of-``rejection_ft.n`` on RL prompts, SFT on the RM's favourites:
+   :mod:`alignloop.train.rejection`), ``bonN`` (best-of-N at inference: N SFT samples per answer,
+   the RM's favourite kept). The matched budget (``budget``, :class:`~alignloop.config.CompareBudget`):
+   ``samples``: every sampling method draws ``ppo.total_episodes`` policy samples (DPO draws none
+   and trains ``dpo.epochs``); ``wall_time``: every trained method gets ``budget.seconds`` and
+   stops at its first step boundary after them, writing its policy
+   (:func:`~alignloop.train.checkpoint.wall_time_budget`). Best-of-N trains nothing: its cost is
+   paid at inference and reported as such;
 3. every policy and SFT answer the held-out prompts (``eval.samples_per_prompt`` each, the same
    seed); win rates against SFT by the gold judge and by the RM, with 95 % bootstrap intervals
    over prompts; KL to SFT: mean over a policy's own answers of log pi(y|x) - log pi_SFT(y|x)
    (temperature 1; best-of-N: the analytic log N - (N-1)/N); perplexity on ``ptx_corpus``
    (the alignment tax; best-of-N keeps SFT's weights);
-4. ``OUT/compare.json``, ``OUT/compare.md`` (one table) and ``OUT/compare.png`` (gold win rate
-   against KL and against wall time).
+4. ``OUT/compare.json``, ``OUT/compare.md`` (one table, with what each method spent: policy
+   samples, optimizer steps, wall time, and whether the budget stopped it) and ``OUT/compare.png``
+   (gold win rate against KL and against wall time); ``alignloop report`` shows them.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from alignloop.config import CompareConfig, dump_config
 from alignloop.data.jsonl import read_jsonl
 from alignloop.data.records import Prompt, Ranking
 from alignloop.errors import AlignloopError
+from alignloop.train.checkpoint import wall_time_budget
 
 
 def run_compare(cfg: CompareConfig, out: str | Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -55,7 +62,7 @@ def run_compare(cfg: CompareConfig, out: str | Path, log: Callable[[str], None] 
     dump_config(cfg, out / "config.yaml")
     rankings = read_jsonl(cfg.rankings, Ranking)
     eval_prompts = read_jsonl(cfg.eval_prompts, Prompt)
-    prompts = [p.text for p in read_jsonl(cfg.prompts, Prompt)] if cfg.prompts else []
+    prompts = read_jsonl(cfg.prompts, Prompt) if cfg.prompts else []
     corpus = _corpus(cfg)
     if not rankings or not eval_prompts:
         raise AlignloopError("compare needs rankings and held-out prompts", "check the rankings and eval_prompts files")
@@ -70,15 +77,20 @@ def run_compare(cfg: CompareConfig, out: str | Path, log: Callable[[str], None] 
     # 2. each method -> a policy folder (best-of-N: none)
     policies: dict[str, str] = {}
     info: dict[str, dict[str, Any]] = {}
+    seconds = cfg.budget.seconds if cfg.budget.kind == "wall_time" else None
     for method in cfg.methods:
-        t0 = time.perf_counter()
         if method.startswith("bon"):
             info[method] = {"samples": None, "seconds": 0.0}
             continue
-        folder, samples = _train(cfg, method, rankings, prompts, corpus, scorer, out / method)
+        t0 = time.perf_counter()
+        with wall_time_budget(seconds):
+            folder, spent = _train(cfg, method, rankings, prompts, corpus, scorer, out / method)
         policies[method] = folder
-        info[method] = {"samples": samples, "seconds": time.perf_counter() - t0}
-        log(f"compare: {method} trained in {info[method]['seconds']:.0f} s")
+        info[method] = spent | {"seconds": time.perf_counter() - t0}
+        log(
+            f"compare: {method} trained in {info[method]['seconds']:.0f} s, {spent['steps']} steps, "
+            f"{spent['samples']} policy samples ({spent['stopped']})"
+        )
 
     # 3. answers to the held-out prompts; judges; KL; perplexity
     texts, ids = [p.text for p in eval_prompts], [p.id for p in eval_prompts]
@@ -98,7 +110,7 @@ def run_compare(cfg: CompareConfig, out: str | Path, log: Callable[[str], None] 
     rows = _evaluate(cfg, ids, texts, samples, policies, GoldJudge(), scorer, corpus)
     for row in rows:
         row.update(info.get(row["method"], {}))
-    _write(out, rows, rm_seconds)
+    _write(out, rows, rm_seconds, dataclasses.asdict(cfg.budget))
     return rows
 
 
@@ -114,24 +126,117 @@ def _train(
     cfg: CompareConfig,
     method: str,
     rankings: Sequence[Ranking],
-    prompts: list[str],
+    prompts: list[Prompt],
     corpus: list[str],
     scorer,
     run: Path,
-) -> tuple[str, int]:
-    """One method's policy folder and the policy samples it drew."""
+) -> tuple[str, dict[str, Any]]:
+    """One method's policy folder and what it spent: policy samples, optimizer steps, and ``stopped``
+    (``budget`` when the wall-time budget ended it, ``complete`` when it ran its whole schedule)."""
     if method == "dpo":
-        from alignloop.train.dpo import train_dpo
-
-        dpo_cfg = dataclasses.replace(cfg.dpo, model=dataclasses.replace(cfg.dpo.model, name=cfg.policy))
-        return str(train_dpo(dpo_cfg, rankings, run, progress=False).policy_dir), 0
+        return _dpo(cfg, rankings, run)
+    if method == "rejection_ft":
+        return _rejection_ft(cfg, prompts, scorer, run)
     from alignloop.train.ppo import train_ppo
 
     algorithm = "ppo" if method in ("ppo", "ppo_ptx") else method
     gamma = cfg.ptx_gamma if method == "ppo_ptx" else 0.0
     ppo_cfg = dataclasses.replace(cfg.ppo, algorithm=algorithm, gamma_ptx=gamma)
-    res = train_ppo(ppo_cfg, cfg.policy, scorer, prompts, run, ptx_texts=corpus or None, progress=False)
-    return str(res.policy_dir), ppo_cfg.total_episodes
+    texts = [p.text for p in prompts]
+    res = train_ppo(ppo_cfg, cfg.policy, scorer, texts, run, ptx_texts=corpus or None, progress=False)
+    complete = res.iterations == ppo_cfg.total_episodes // ppo_cfg.batch_size
+    spent = {"samples": res.iterations * ppo_cfg.batch_size, "steps": res.iterations}
+    return str(res.policy_dir), spent | {"stopped": "complete" if complete else "budget"}
+
+
+class _BudgetSpent(Exception):
+    """Raised from DPO's ``on_step`` at the first step boundary past the wall-time budget."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"wall-time budget spent after step {step}")
+        self.step = step
+
+
+def _dpo(cfg: CompareConfig, rankings: Sequence[Ranking], run: Path) -> tuple[str, dict[str, Any]]:
+    """DPO from the SFT policy. Under a wall-time budget: ``train_dpo`` does not check the budget
+    itself, so ``on_step`` raises at the first step boundary past it and the newest checkpoint
+    (written after every step in this mode) becomes the policy: the step that crossed the budget
+    is spent but not kept (its checkpoint is written after ``on_step``)."""
+    from alignloop.train.checkpoint import budget_active, budget_spent
+    from alignloop.train.dpo import train_dpo
+
+    dpo_cfg = dataclasses.replace(cfg.dpo, model=dataclasses.replace(cfg.dpo.model, name=cfg.policy))
+    on_step = None
+    if budget_active():
+        dpo_cfg = dataclasses.replace(dpo_cfg, checkpoint_every=1)
+
+        def on_step(step: int, _metrics: dict[str, float]) -> None:
+            if budget_spent():
+                raise _BudgetSpent(step)
+
+    try:
+        res = train_dpo(dpo_cfg, rankings, run, progress=False, on_step=on_step)
+    except _BudgetSpent as stop:
+        return _policy_from_checkpoint(dpo_cfg, run), {"samples": 0, "steps": stop.step - 1, "stopped": "budget"}
+    return str(res.policy_dir), {"samples": 0, "steps": res.steps, "stopped": "complete"}
+
+
+def _policy_from_checkpoint(dpo_cfg: Any, run: Path) -> str:
+    """``run/policy`` from the newest DPO checkpoint (LoRA merged); the SFT policy when none was written."""
+    from alignloop.models.loading import load_tokenizer
+    from alignloop.train.checkpoint import latest_checkpoint
+    from alignloop.train.sft import _build_model, export_model, quiet_hf
+
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:  # the budget ended the first step: nothing kept
+        return dpo_cfg.model.name
+    with quiet_hf():
+        model = _build_model(dpo_cfg, ckpt / "model")
+    export_model(model, load_tokenizer(dpo_cfg.model.name), run / "policy", in_place=True)
+    return str(run / "policy")
+
+
+def _rejection_ft(cfg: CompareConfig, prompts: list[Prompt], scorer, run: Path) -> tuple[str, dict[str, Any]]:
+    """Rejection-sampling fine-tuning: best-of-n on the first ``ppo.total_episodes // n`` RL prompts
+    (the same policy samples as the RL methods), then SFT of the SFT policy on the RM's favourites
+    (:func:`~alignloop.train.rejection.rejection_sampling_finetune`). Under a wall-time budget the
+    sampling goes in chunks and stops after ``budget.rejection_sample_share`` of the time; the
+    fine-tuning stops at the budget."""
+    from alignloop.models.loading import load_policy
+    from alignloop.train.checkpoint import budget_active
+    from alignloop.train.rejection import BestOfN, _split, best_of_n, rejection_sampling_finetune
+    from alignloop.train.sft import quiet_hf
+
+    t0 = time.monotonic()
+    rs = dataclasses.replace(cfg.rejection_ft, policy=dataclasses.replace(cfg.rejection_ft.policy, name=cfg.policy))
+    chosen = prompts[: max(1, cfg.ppo.total_episodes // rs.n)]
+    sample_until = t0 + cfg.budget.seconds * cfg.budget.rejection_sample_share if budget_active() else math.inf
+    with quiet_hf():
+        model, tokenizer = load_policy(rs.policy.name, rs.policy.dtype)
+    chunk = max(1, rs.generation.batch_size // rs.n)
+    parts: list[BestOfN] = []
+    for i in range(0, len(chosen), chunk):
+        if parts and time.monotonic() >= sample_until:
+            break
+        part = chosen[i : i + chunk]
+        ids = [p.id for p in part]
+        parts.append(best_of_n(model, tokenizer, [p.text for p in part], scorer, rs.n, rs.generation, seed=rs.seed + i,
+                               prompt_ids=ids))  # fmt: skip
+    del model
+    drawn = BestOfN(
+        prompts=[x for p in parts for x in p.prompts],
+        completions=[x for p in parts for x in p.completions],
+        scores=[x for p in parts for x in p.scores],
+        has_eos=[x for p in parts for x in p.has_eos],
+        prompt_ids=[x for p in parts for x in p.ids()],
+    )
+    sampled = chosen[: len(drawn.prompts)]
+    _, sft = rejection_sampling_finetune(rs, sampled, scorer, run, samples=drawn)
+    n_train = len(_split(sampled, rs.val_fraction, rs.seed)[0])
+    total = math.ceil(n_train / (rs.sft.batch_size * rs.sft.grad_accum)) * rs.sft.epochs  # the run's schedule
+    stopped = "budget" if len(sampled) < len(chosen) or sft.steps < total else "complete"
+    spent = {"samples": rs.n * len(sampled), "steps": sft.steps, "stopped": stopped}
+    return str(sft.best_dir or sft.final_dir), spent
 
 
 def _best_of_n(cfg: CompareConfig, texts: list[str], n: int, scorer) -> list[list[str]]:
@@ -218,21 +323,38 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         "| method | gold win rate vs SFT [95 % CI] | RM win rate vs SFT [95 % CI] | gold score | KL to SFT | "
-        "perplexity | policy samples | wall s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "perplexity | policy samples | steps | wall s | stopped by |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
+        stopped = {"budget": "budget", "complete": "schedule end"}.get(r.get("stopped"), "-")
         lines.append(
             f"| {r['method']} | {pct(r, 'gold')} | {pct(r, 'rm')} | {num(r.get('gold_mean_score'), '.3f')} | "
             f"{num(r.get('kl'), '.3f')} | {num(r.get('perplexity'), '.2f')} | {num(r.get('samples'), 'd')} | "
-            f"{num(r.get('seconds'), '.0f')} |"
+            f"{num(r.get('steps'), 'd')} | {num(r.get('seconds'), '.0f')} | {stopped} |"
         )
     return "\n".join(lines)
 
 
-def _write(out: Path, rows: list[dict[str, Any]], rm_seconds: float) -> None:
-    (out / "compare.json").write_text(json.dumps({"rows": rows, "rm_seconds": rm_seconds}, indent=1))
-    note = f"\n\nThe reward model (shared by PPO, PPO-ptx, RLOO, GRPO, best-of-N) took {rm_seconds:.0f} s.\n"
+def budget_note(budget: dict[str, Any], rm_seconds: float) -> str:
+    """What the table's methods were matched on, and the shared reward model's cost (beside the table)."""
+    if budget.get("kind") == "wall_time":
+        head = (
+            f"Budget: the same wall time, {budget['seconds']:.0f} s per trained method, each stopped at its "
+            "first step boundary after it (wall s includes that last step and saving the policy)."
+        )
+    else:
+        head = "Budget: the same number of policy samples for every sampling method (DPO samples none)."
+    tail = (
+        " Best-of-N trains nothing: its samples and wall s are paid at inference, on the held-out prompts."
+        f" The reward model (used by every method but DPO) took {rm_seconds:.0f} s, counted in no row."
+    )
+    return head + tail
+
+
+def _write(out: Path, rows: list[dict[str, Any]], rm_seconds: float, budget: dict[str, Any]) -> None:
+    (out / "compare.json").write_text(json.dumps({"rows": rows, "rm_seconds": rm_seconds, "budget": budget}, indent=1))
+    note = "\n\n" + budget_note(budget, rm_seconds) + "\n"
     (out / "compare.md").write_text(format_table(rows) + note)
     import matplotlib
 

@@ -576,7 +576,29 @@ _Loader.add_implicit_resolver(
 )
 
 
-COMPARE_METHODS = ("ppo", "ppo_ptx", "rloo", "grpo", "dpo")  # plus "bonN": best-of-N at inference, N >= 2
+COMPARE_METHODS = ("ppo", "ppo_ptx", "rloo", "grpo", "dpo", "rejection_ft")  # plus "bonN": best-of-N, N >= 2
+
+
+@dataclass
+class CompareBudget:
+    """The compute each trained method of ``alignloop compare`` gets: the same number of policy samples
+    (``ppo.total_episodes``: PPO, PPO-ptx, RLOO, GRPO and rejection-sampling FT each draw that many;
+    DPO trains ``dpo.epochs`` and draws none), or the same wall time. With ``wall_time`` each method
+    stops at its first step boundary after ``seconds`` (counted from the method's start, model loading
+    included) and writes its policy; the sample budget and ``dpo.epochs`` still lay out the learning-rate
+    schedules and cap a method that would run longer. The table reports what each method spent."""
+
+    kind: str = "samples"  # samples | wall_time
+    seconds: float = 0.0  # wall_time: each method's training time
+    rejection_sample_share: float = 0.5  # wall_time: share of rejection_ft's time for sampling (the rest fine-tunes)
+
+    def validate(self) -> None:
+        if self.kind not in ("samples", "wall_time"):
+            raise ValueError(f"budget.kind: must be samples or wall_time, got {self.kind!r}")
+        if self.kind == "wall_time" and self.seconds <= 0:
+            raise ValueError(f"budget.seconds: a wall_time budget needs seconds > 0, got {self.seconds}")
+        if not 0 < self.rejection_sample_share < 1:
+            raise ValueError(f"budget.rejection_sample_share: must be in (0, 1), got {self.rejection_sample_share}")
 
 
 @dataclass
@@ -589,21 +611,23 @@ class CompareConfig:
     prompts: str = ""  # RL prompts JSONL (Prompt records)
     eval_prompts: str = ""  # held-out users' prompts JSONL (Prompt records)
     ptx_corpus: str = ""  # pretraining-like text: PPO-ptx's data and the perplexity column ("" = none)
-    methods: list[str] = field(default_factory=lambda: ["ppo", "ppo_ptx", "rloo", "dpo", "bon4", "bon16"])
-    budget: str = "samples"  # RL methods each draw ppo.total_episodes policy samples
+    methods: list[str] = field(
+        default_factory=lambda: ["ppo", "ppo_ptx", "rloo", "dpo", "bon4", "bon16", "rejection_ft"]
+    )
+    budget: CompareBudget = field(default_factory=CompareBudget)  # the same policy samples, or the same wall time
     ptx_gamma: float = 1.0  # PPO-ptx's pretraining coefficient
     max_ptx_documents: int = 64  # documents of ptx_corpus read (training and perplexity)
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    # rejection-sampling FT: n samples per prompt, the RM's favourite kept, SFT on those (policy set to `policy`)
+    rejection_ft: BoNConfig = field(default_factory=BoNConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     eval_seed: int = 12345
 
     def validate(self) -> None:
-        if self.budget != "samples":
-            raise ValueError(
-                f"budget: only 'samples' (the same number of policy samples) is built, got {self.budget!r}"
-            )
+        self.budget.validate()
+        self.rejection_ft.validate()
         for m in self.methods:
             bon = m.startswith("bon") and m[3:].isdigit() and int(m[3:]) >= 2
             if m not in COMPARE_METHODS and not bon:
@@ -616,7 +640,7 @@ class CompareConfig:
         for name in ("policy", "rankings", "eval_prompts"):
             if not getattr(self, name):
                 raise ValueError(f"{name}: required (a path)")
-        if any(m in ("ppo", "ppo_ptx", "rloo", "grpo") for m in self.methods) and not self.prompts:
+        if any(m in ("ppo", "ppo_ptx", "rloo", "grpo", "rejection_ft") for m in self.methods) and not self.prompts:
             raise ValueError("prompts: the RL methods need a prompts file")
         if "ppo_ptx" in self.methods and not self.ptx_corpus:
             raise ValueError("ptx_corpus: ppo_ptx needs a pretraining-like corpus")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import typer
@@ -13,13 +15,17 @@ def register(app: typer.Typer) -> None:
     @app.command("compare")
     def compare(
         config: Path = typer.Argument(
-            ..., help="YAML: policy, rankings, prompts, eval_prompts, methods, rm, ppo, dpo."
+            ..., help="YAML: policy, rankings, prompts, eval_prompts, methods, budget, rm, ppo, dpo, rejection_ft."
         ),
         out: Path = typer.Option(..., "--out", help="Folder for the runs, compare.md, compare.json and compare.png."),
     ) -> None:
-        """PPO, PPO-ptx, RLOO, GRPO, DPO and best-of-N from one SFT policy, judged against SFT by gold and RM."""
-        from alignloop.compare import format_table, run_compare
+        """PPO, PPO-ptx, RLOO, GRPO, DPO, rejection-sampling FT and best-of-N from one SFT policy, under the same
+        sample or wall-time budget, judged against SFT by gold and RM; `alignloop report OUT` shows the table."""
+        from alignloop.compare import budget_note, format_table, run_compare
 
-        rows = run_compare(load_config(config, CompareConfig), out, log=typer.echo)
+        cfg = load_config(config, CompareConfig)
+        rows = run_compare(cfg, out, log=typer.echo)
         typer.echo(format_table(rows))
+        rm_seconds = json.loads((out / "compare.json").read_text())["rm_seconds"]
+        typer.echo(budget_note(dataclasses.asdict(cfg.budget), rm_seconds))
         typer.echo(f"table: {out / 'compare.md'}  plot: {out / 'compare.png'}")

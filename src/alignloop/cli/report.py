@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="Folder for index.html and its PNGs (default RUN_DIR/report)."),
     ) -> None:
         """Write RUN_DIR/report/index.html: win rates, leaderboards, TruthfulQA, toxicity, bias, alignment tax,
-        red teaming and over-optimisation, with matplotlib plots embedded."""
+        red teaming, over-optimisation and `alignloop compare` tables, with matplotlib plots embedded."""
         from alignloop.evaluate.report import build_report
 
         typer.echo(str(build_report(run_dir, out)))

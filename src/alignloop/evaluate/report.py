@@ -1,9 +1,10 @@
 """``alignloop report RUN_DIR``: one offline HTML page comparing the policies on every evaluation present.
 
-The page reads what ``alignloop eval`` wrote (see :mod:`.results`) anywhere under RUN_DIR and
-the metrics of any PPO run inside it, and shows for each evaluation a table and a matplotlib
-plot (Agg backend, PNG embedded as base64 so the single file opens anywhere, offline). The PNGs
-are also saved next to the page. Every policy is named in the policy table and in each plot.
+The page reads what ``alignloop eval`` wrote (see :mod:`.results`) anywhere under RUN_DIR, the
+metrics of any PPO run inside it and any ``alignloop compare`` output (``compare.json``), and
+shows for each evaluation a table and a matplotlib plot (Agg backend, PNG embedded as base64 so
+the single file opens anywhere, offline). The PNGs are also saved next to the page. Every policy
+is named in the policy table and in each plot.
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ class Plotter:
         fig.tight_layout()
         fig.savefig(buf, format="png", dpi=90)
         self.plt.close(fig)
-        data = buf.getvalue()
+        return self.embed(buf.getvalue(), name, alt)
+
+    def embed(self, data: bytes, name: str, alt: str) -> dict[str, Any]:
+        """An image block of a PNG made elsewhere (``alignloop compare``'s plot), saved with the others."""
         self.count += 1
         (self.out_dir / f"{self.count:02d}-{name}.png").write_bytes(data)
         return {"kind": "image", "alt": alt, "data": base64.b64encode(data).decode("ascii")}
@@ -669,6 +673,54 @@ def _rounds_section(run: Path) -> Section | None:
     return sec
 
 
+def _compare_sections(run: Path, plot: Plotter) -> list[Section]:
+    """Each ``alignloop compare`` output under ``run`` (``compare.json`` and ``compare.png``): the table of
+    every method against SFT and the plot of gold win rate against KL and against wall time."""
+    import json
+
+    from alignloop.compare import budget_note
+
+    sections = []
+    for path in sorted(run.rglob("compare.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or "rows" not in doc:
+            continue
+        where = path.parent.relative_to(run).as_posix()
+        sec = Section(
+            f"compare-{len(sections)}",
+            "Methods compared on the same feedback" + ("" if where == "." else f" ({where})"),
+            "From one SFT policy and one set of rankings, each method against SFT on held-out prompts of held-out "
+            "users: win rate by the hidden gold utility and by the reward model, with 95 % bootstrap intervals over "
+            "prompts; KL to SFT on the method's own answers; perplexity on pretraining-like text (the alignment "
+            "tax); and what each method spent.",
+        )
+        sec.add("note", budget_note(doc.get("budget", {"kind": "samples"}), doc.get("rm_seconds", 0.0)))
+        rows = []
+        for r in doc["rows"]:
+            wins = [
+                "(baseline)" if f"{j}_win_rate" not in r else
+                f"{_pct(r[f'{j}_win_rate'])} [{_pct(r[f'{j}_ci'][0])}, {_pct(r[f'{j}_ci'][1])}]"
+                for j in ("gold", "rm")
+            ]  # fmt: skip
+            stopped = {"budget": "budget", "complete": "schedule end"}.get(r.get("stopped"), None)
+            seconds = r.get("seconds")
+            rows.append(
+                [r["method"], *wins, r.get("gold_mean_score"), r.get("kl"), r.get("perplexity"), r.get("samples"),
+                 r.get("steps"), None if seconds is None else f"{seconds:.0f}", stopped]
+            )  # fmt: skip
+        sec.table(
+            ["method", "gold win rate vs SFT [95 % CI]", "RM win rate vs SFT [95 % CI]", "gold score", "KL to SFT",
+             "perplexity", "policy samples", "steps", "wall s", "stopped by"],
+            rows,
+        )  # fmt: skip
+        png = path.parent / "compare.png"
+        if png.exists():
+            alt = "gold win rate against SFT, by KL to SFT and by wall time, per method"
+            sec.blocks.append(plot.embed(png.read_bytes(), "compare", alt))
+        sections.append(sec)
+    return sections
+
+
 SFT_PANELS = (
     ("loss on response tokens", "cross-entropy (nats/token)", {"train": "train/loss", "validation": "val/loss"}),
     ("validation score of samples", "score", {"validation": "val/score"}),
@@ -689,7 +741,7 @@ def find_training_runs(run_dir: Path) -> list[tuple[str, Path]]:
     for p in sorted(run_dir.rglob("metrics.jsonl")):
         rows = read_metrics(p.parent)
         keys = {k for r in rows for k in r}
-        if "kl" in keys or "train/loss" not in keys:
+        if "kl" in keys or "train/loss" not in keys or "train/kl_ref" in keys:  # PPO, other, DPO
             continue
         found.append(("rm" if "train/accuracy" in keys else "sft", p.parent))
     return sorted(found, key=lambda f: (f[0] != "sft", str(f[1])))  # the loop's order: SFT, then the RM
@@ -779,6 +831,7 @@ def build_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     rounds = _rounds_section(run)
     if rounds is not None:
         sections.append(rounds)
+    sections += _compare_sections(run, plot)
     training_runs = find_training_runs(run)
     if training_runs:
         sections.append(_sft_rm_section(training_runs, plot))

@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -146,6 +147,7 @@ def load_checkpoint(
 # Interruption: Ctrl-C or SIGTERM stops a run at the next step boundary with a checkpoint.
 
 _STOP: dict[str, int | None] = {"signal": None}
+_DEADLINE: dict[str, float | None] = {"at": None}  # time.monotonic() at which the wall-time budget is spent
 
 
 def stop_requested() -> bool:
@@ -157,6 +159,35 @@ def interrupt_point(step: int, run_dir: str | os.PathLike[str] | None) -> None:
     """Called by a trainer right after the checkpoint it writes when :func:`stop_requested`: ends the run."""
     if stop_requested():
         raise TrainingInterrupted(step, run_dir)
+
+
+def budget_spent() -> bool:
+    """True once the wall-time budget of :func:`wall_time_budget` is spent. Trainers check it at each
+    step boundary and then end the run as if that step were the last (they write the policy), unlike a
+    signal, which checkpoints and raises: a spent budget is a finished run, not an interrupted one."""
+    at = _DEADLINE["at"]
+    return at is not None and time.monotonic() >= at
+
+
+def budget_active() -> bool:
+    """Whether a wall-time budget is set (distributed trainers then agree on :func:`budget_spent`)."""
+    return _DEADLINE["at"] is not None
+
+
+@contextmanager
+def wall_time_budget(seconds: float | None) -> Iterator[None]:
+    """Give the code inside ``seconds`` of wall time (None: no budget). ``alignloop compare`` runs each
+    method under one, so every method stops at its first step boundary after the same time.
+
+    Why a deadline and not a step count: methods' steps cost different amounts (a PPO iteration
+    samples, scores and updates; a DPO step is one forward/backward), so equal steps are not equal compute.
+    """
+    previous = _DEADLINE["at"]
+    _DEADLINE["at"] = None if seconds is None else time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _DEADLINE["at"] = previous
 
 
 @contextmanager

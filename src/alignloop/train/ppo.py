@@ -46,7 +46,7 @@ from alignloop.models.padding import pad_token_id, right_pad
 from alignloop.models.scoring import Scorer
 from alignloop.models.value import ValueModel
 from alignloop.train import ppo_checkpoint, ppo_core, rollout, update
-from alignloop.train.checkpoint import interrupt_point, stop_requested
+from alignloop.train.checkpoint import budget_active, budget_spent, interrupt_point, stop_requested
 from alignloop.train.cpu_lanes import CpuLanes, block_params, even, release_freed_memory
 from alignloop.train.distributed import (
     Precision,
@@ -230,7 +230,8 @@ class PPOTrainer:
             self.history.append(metrics)
             if self.on_iteration is not None:
                 self.on_iteration(self.iteration, metrics)
-            last = self.iteration == self.n_iterations  # 9. checkpoint
+            # 9. Checkpoint. A spent wall-time budget (`alignloop compare`) ends the run here, with its policy.
+            last = self.iteration == self.n_iterations or self._budget_spent()
             interrupted = stop_requested() and not last
             every = cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0
             if self.run_dir is not None and (last or interrupted or every):
@@ -238,9 +239,17 @@ class PPOTrainer:
             if interrupted:
                 self.log.close()
                 interrupt_point(self.iteration, self.run_dir)  # Ctrl-C / SIGTERM: the checkpoint above is written
+            if last:
+                break
         policy_dir = self.save_policy(self.run_dir / "policy") if self.run_dir is not None else None
         self.log.close()
         return PPOResult(self.run_dir, policy_dir, self.iteration, self.history, self.is_main)
+
+    def _budget_spent(self) -> bool:
+        """:func:`~alignloop.train.checkpoint.budget_spent`, agreed by every process (any one's clock decides)."""
+        if not budget_active():
+            return False
+        return bool(self._all_sum(torch.tensor(float(budget_spent()), device=self.acc.device)) > 0)
 
     def batch_prompts(self, iteration: int) -> list[str]:
         """This process's prompts of ``iteration`` (critic-free: each repeated group_size times)."""

@@ -175,6 +175,7 @@ def rejection_sampling_finetune(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    samples: BestOfN | None = None,
 ):
     """Best-of-N on ``prompts``, then SFT of ``cfg.policy`` on the best samples.
 
@@ -182,6 +183,8 @@ def rejection_sampling_finetune(
     and ``scorer`` chooses the kept checkpoint (as SFT with an RM does). The samples are written
     to ``run_dir/best_of_n.jsonl`` first; a resumed run reuses them rather than sampling again
     (and continues the fine-tuning from its checkpoint, or starts it when it had none yet).
+    ``samples``: best-of-N already drawn for ``prompts`` (``alignloop compare`` samples in chunks
+    to stop at a wall-time budget); they are written and trained on instead of sampling here.
     A fresh run needs an empty ``run_dir``; ``overwrite`` replaces a rejection-sampling run there
     (:func:`~alignloop.train.run_folder.open_run`). Returns (BestOfN, SFTResult).
     """
@@ -206,7 +209,7 @@ def rejection_sampling_finetune(
     # each process would neither be bitwise equal across GPUs nor safe to write from two processes.
     acc = build_accelerator()
     if acc.is_main_process and not resume:
-        written = sample_best_of_n(cfg, prompts, scorer, device=acc.device)
+        written = samples if samples is not None else sample_best_of_n(cfg, prompts, scorer, device=acc.device)
         run.mkdir(parents=True, exist_ok=True)
         write_best_of_n(written, run)
         dump_config(cfg, run / BON_CONFIG)

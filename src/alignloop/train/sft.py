@@ -44,7 +44,14 @@ from alignloop.errors import AlignloopError
 from alignloop.models.loading import load_tokenizer, quiet_hf, set_default_system_prompt
 from alignloop.models.padding import pad_token_id
 from alignloop.models.scoring import Scorer
-from alignloop.train.checkpoint import interrupt_point, load_checkpoint, save_checkpoint, stop_requested
+from alignloop.train.checkpoint import (
+    budget_active,
+    budget_spent,
+    interrupt_point,
+    load_checkpoint,
+    save_checkpoint,
+    stop_requested,
+)
 from alignloop.train.distributed import (
     Precision,
     build_accelerator,
@@ -145,6 +152,14 @@ def _finished_result(run: Path, record: dict[str, Any]) -> SFTResult:
         best_value=best["value"],
         evals=record["evals"],
     )
+
+
+def _agreed_budget_spent(acc: Any) -> bool:
+    """:func:`~alignloop.train.checkpoint.budget_spent`, agreed by every process (any one's clock decides)."""
+    if not budget_active():
+        return False
+    spent = torch.tensor(float(budget_spent()), device=acc.device)
+    return bool((acc.reduce(spent, "sum") if acc.num_processes > 1 else spent) > 0)
 
 
 # ---------------------------------------------------------------- the trainer
@@ -323,6 +338,12 @@ def train_sft(
                     acc.wait_for_everyone()
             epoch_t0 = time.perf_counter()
         runlog.log(done, row)
+        if done < total_steps and _agreed_budget_spent(acc):  # `alignloop compare`'s wall time: finish here
+            total_steps = done
+            if on_step is not None:
+                on_step(done, row)
+            result.steps = done
+            break
         stopping = (stop_at_step is not None and done >= stop_at_step) or stop_requested()
         # The last step writes final/ instead: a finished run has nothing to resume, and a 135M
         # model's checkpoint with Adam state is 1.6 GB of writing.
