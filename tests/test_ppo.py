@@ -82,7 +82,8 @@ def test_kl_is_zero_at_the_first_step(lora_r: int, sampler: bool) -> None:
     assert second["kl"] != 0.0 and second["kl_k3"] > 0.0  # the policy moved away from the reference
     for name in ("rm_score", "entropy", "clipfrac", "approx_kl", "value_loss", "explained_variance", "lr", "beta"):
         assert name in first and name in second
-    assert second["kl"] > 10 * abs(first["kl"])
+    # k1 of one batch is a noisy estimate that can be negative; its size and k3 (never negative) must grow
+    assert abs(second["kl"]) > 10 * abs(first["kl"]) and second["kl_k3"] > 10 * first["kl_k3"]
     assert first["eos_rate"] == 0.0 and first["response_length"] == 4.0
 
 
