@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -127,7 +126,11 @@ def prepare(model: str, work: Path) -> dict:
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This worker's own peak RSS (VmHWM: ``ru_maxrss`` would carry the driver's peak across exec)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from reward_model import peak_rss_mib
+
+    return peak_rss_mib() / 1024
 
 
 def worker_ours(spec: dict, iterations: int, variant: str, micro_batch: int) -> dict:
