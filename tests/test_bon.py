@@ -96,10 +96,10 @@ def test_rejection_sampling_finetune_raises_the_score(tiny, tmp_path) -> None:
     assert samples.summary()["bon/best_score_mean"] > samples.summary()["bon/sample_score_mean"]
     assert (tmp_path / "run" / "best_of_n.jsonl").exists() and (tmp_path / "run" / "bon_config.yaml").exists()
 
-    held_out = [f"Tell me about topic {i}." for i in range(100, 116)]  # prompts the FT never saw
-    before = best_of_n(model, tok, held_out, scorer, 1, gen, seed=5).summary()["bon/sample_score_mean"]
+    held_out = [f"Tell me about topic {i}." for i in range(100, 116)]  # prompts the FT never saw, 4 samples each
+    before = best_of_n(model, tok, held_out, scorer, 4, gen, seed=5).summary()["bon/sample_score_mean"]
     tuned, tuned_tok = load_policy(str(result.final_dir))
-    after = best_of_n(tuned, tuned_tok, held_out, scorer, 1, gen, seed=5).summary()["bon/sample_score_mean"]
+    after = best_of_n(tuned, tuned_tok, held_out, scorer, 4, gen, seed=5).summary()["bon/sample_score_mean"]
     assert after > before + 1.0, (before, after)
 
 

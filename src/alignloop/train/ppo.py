@@ -249,7 +249,7 @@ class PPOTrainer:
         """:func:`~alignloop.train.checkpoint.budget_spent`, agreed by every process (any one's clock decides)."""
         if not budget_active():
             return False
-        return bool(self._all_sum(torch.tensor(float(budget_spent()), device=self.acc.device)) > 0)
+        return bool(self.all_sum(torch.tensor(float(budget_spent()), device=self.acc.device)) > 0)
 
     def batch_prompts(self, iteration: int) -> list[str]:
         """This process's prompts of ``iteration`` (critic-free: each repeated group_size times)."""
