@@ -183,3 +183,54 @@ def test_dpo_stopped_by_the_budget_keeps_its_last_checkpointed_step(tmp_path, mo
     with torch.no_grad():
         logps = [sequence_logprobs(m, rows, pad_id(tok), torch.device("cpu")) for m in (kept, policy, sft)]
     assert torch.allclose(logps[0], logps[1], atol=1e-5) and not torch.allclose(logps[1], logps[2], atol=1e-4)
+
+
+def test_compare_resumes_after_an_interruption_keeping_what_finished(tmp_path, monkeypatch) -> None:
+    """Interrupted while DPO trains, then while DPO's KL is measured: each resume keeps the reward
+    model, RLOO's policy and every answer set already drawn, and redoes only what was unfinished."""
+    from alignloop import compare
+
+    config = _inputs(tmp_path, "[rloo, dpo, bon2]")
+    cfg, out = load_config(config, CompareConfig), tmp_path / "out"
+    trained, sampled, real_train, real_sample = [], [], compare._train, compare.sample_completions_for_eval
+
+    def train(cfg, method, *args):
+        trained.append(method)
+        if method == "dpo" and trained.count("dpo") == 1:
+            (args[-1] / "partial").mkdir(parents=True)  # what an interrupted trainer leaves
+            raise KeyboardInterrupt
+        return real_train(cfg, method, *args)
+
+    def sample(cfg, policy, texts, *args):
+        sampled.append(policy)
+        return real_sample(cfg, policy, texts, *args)
+
+    def kl(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "_train", train)
+    monkeypatch.setattr(compare, "sample_completions_for_eval", sample)
+    with pytest.raises(KeyboardInterrupt):
+        compare.run_compare(cfg, out)
+    assert trained == ["rloo", "dpo"] and (out / "rloo" / "compare_stage.json").exists()
+    with pytest.raises(AlignloopError, match="pass --resume"):
+        compare.run_compare(cfg, out)
+    changed = dataclasses.replace(cfg, eval_seed=7)
+    with pytest.raises(AlignloopError, match="eval_seed"):
+        compare.run_compare(changed, out, resume=True)
+
+    real_kl = compare._kl_to_sft
+    monkeypatch.setattr(compare, "_kl_to_sft", kl)
+    with pytest.raises(KeyboardInterrupt):
+        compare.run_compare(cfg, out, resume=True)
+    assert trained == ["rloo", "dpo", "dpo"] and not (out / "dpo" / "partial").exists()
+    assert len(sampled) == 3  # SFT, RLOO and DPO answered once; then KL was interrupted
+    monkeypatch.setattr(compare, "_kl_to_sft", real_kl)
+    result = CliRunner().invoke(app, ["compare", str(config), "--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert trained == ["rloo", "dpo", "dpo"] and len(sampled) == 3  # nothing trained or drawn again
+    rows = {r["method"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
+    assert set(rows) == {"rloo", "dpo", "bon2", "sft"} and rows["rloo"]["samples"] == 4
+    assert rows["dpo"]["kl"] != 0 and "| dpo |" in result.output
+    result = CliRunner().invoke(app, ["compare", str(config), "--out", str(tmp_path / "none"), "--resume"])
+    assert isinstance(result.exception, AlignloopError) and "nothing to resume" in str(result.exception)

@@ -43,12 +43,18 @@ from alignloop.errors import AlignloopError
 from alignloop.train.checkpoint import wall_time_budget
 
 
-def run_compare(cfg: CompareConfig, out: str | Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Train and evaluate every method of ``cfg``; write the table and the plot into ``out``."""
+def run_compare(
+    cfg: CompareConfig, out: str | Path, log: Callable[[str], None] = print, *, resume: bool = False
+) -> list[dict[str, Any]]:
+    """Train and evaluate every method of ``cfg``; write the table and the plot into ``out``.
+
+    ``resume``: continue a comparison in ``out`` that was interrupted (the same config, or an error
+    naming the changed fields). What finished is kept: the reward model, every method whose policy
+    was written, every answer set, KL and perplexity already computed (``OUT/eval/``). A method
+    that was interrupted starts again from scratch: under a wall-time budget its spent time could
+    not be counted honestly, and its folder is compare's own (``OUT/<method>``)."""
     from alignloop.labelers.gold import GoldJudge
-    from alignloop.loop import sample_completions
     from alignloop.models.reward import load_scorer
-    from alignloop.train.reward import train_reward_model
 
     try:
         cfg.validate()
@@ -56,10 +62,10 @@ def run_compare(cfg: CompareConfig, out: str | Path, log: Callable[[str], None] 
     except ValueError as err:
         raise AlignloopError(f"compare config: {err}") from None
     out = Path(out)
-    if (out / "compare.json").exists():
-        raise AlignloopError(f"{out} already holds a comparison", "choose a new --out folder")
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    _open(cfg, out, resume)
+    if resume and (out / "compare.json").exists():
+        log(f"compare: {out} already finished; its table is kept")
+        return json.loads((out / "compare.json").read_text())["rows"]
     rankings = read_jsonl(cfg.rankings, Ranking)
     eval_prompts = read_jsonl(cfg.eval_prompts, Prompt)
     prompts = read_jsonl(cfg.prompts, Prompt) if cfg.prompts else []
@@ -67,51 +73,137 @@ def run_compare(cfg: CompareConfig, out: str | Path, log: Callable[[str], None] 
     if not rankings or not eval_prompts:
         raise AlignloopError("compare needs rankings and held-out prompts", "check the rankings and eval_prompts files")
 
-    # 1. the reward model
-    t0 = time.perf_counter()
-    rm = train_reward_model(cfg.rm, rankings, out / "rm", progress=False)
-    rm_seconds = time.perf_counter() - t0
-    scorer = load_scorer(str(rm.model_dir))
-    log(f"compare: reward model trained in {rm_seconds:.0f} s")
+    # 1. the reward model (kept when a resumed run had finished it)
+    rm = _stage(out, "rm", lambda: _reward_model(cfg, rankings, out / "rm"), log)
+    scorer = load_scorer(rm["model_dir"])
+    log(f"compare: reward model trained in {rm['seconds']:.0f} s")
 
     # 2. each method -> a policy folder (best-of-N: none)
-    policies: dict[str, str] = {}
     info: dict[str, dict[str, Any]] = {}
-    seconds = cfg.budget.seconds if cfg.budget.kind == "wall_time" else None
     for method in cfg.methods:
         if method.startswith("bon"):
             info[method] = {"samples": None, "seconds": 0.0}
             continue
-        t0 = time.perf_counter()
-        with wall_time_budget(seconds):
-            folder, spent = _train(cfg, method, rankings, prompts, corpus, scorer, out / method)
-        policies[method] = folder
-        info[method] = spent | {"seconds": time.perf_counter() - t0}
+        info[method] = _stage(
+            out, method, lambda m=method: _timed_train(cfg, m, rankings, prompts, corpus, scorer, out), log
+        )
+        spent = info[method]
         log(
-            f"compare: {method} trained in {info[method]['seconds']:.0f} s, {spent['steps']} steps, "
+            f"compare: {method} trained in {spent['seconds']:.0f} s, {spent['steps']} steps, "
             f"{spent['samples']} policy samples ({spent['stopped']})"
         )
+    policies = {m: spent.pop("policy") for m, spent in info.items() if "policy" in spent}
 
-    # 3. answers to the held-out prompts; judges; KL; perplexity
+    # 3. answers to the held-out prompts (each set kept in OUT/eval as it is drawn); judges; KL; perplexity
     texts, ids = [p.text for p in eval_prompts], [p.id for p in eval_prompts]
-    spp, gen = cfg.eval.samples_per_prompt, cfg.eval.generation
-
-    def answers(policy: str) -> list[list[str]]:
-        return sample_completions(policy, texts, spp, gen, cfg.eval_seed, cfg.dpo.model.dtype)
-
-    samples = {"sft": answers(cfg.policy), **{m: answers(p) for m, p in policies.items()}}
+    samples = {"sft": _answers(cfg, out, "sft", cfg.policy, texts)}
+    samples |= {m: _answers(cfg, out, m, p, texts) for m, p in policies.items()}
     for method in cfg.methods:
         if method.startswith("bon"):
-            t0 = time.perf_counter()
-            n = int(method[3:])
-            samples[method] = _best_of_n(cfg, texts, n, scorer)
-            info[method]["seconds"] = time.perf_counter() - t0  # best-of-N pays at inference
-            info[method]["samples"] = n * len(texts) * spp
-    rows = _evaluate(cfg, ids, texts, samples, policies, GoldJudge(), scorer, corpus)
+            bon = _cached(
+                out / "eval" / f"{method}.answers.json", lambda m=method: _timed_best_of_n(cfg, texts, m, scorer)
+            )
+            samples[method] = bon["answers"]
+            info[method] |= {"seconds": bon["seconds"], "samples": bon["samples"]}  # best-of-N pays at inference
+    rows = _evaluate(cfg, out, ids, texts, samples, policies, GoldJudge(), scorer, corpus)
     for row in rows:
         row.update(info.get(row["method"], {}))
-    _write(out, rows, rm_seconds, dataclasses.asdict(cfg.budget))
+    _write(out, rows, rm["seconds"], dataclasses.asdict(cfg.budget))
     return rows
+
+
+def _open(cfg: CompareConfig, out: Path, resume: bool) -> None:
+    """A new comparison needs an empty or absent ``out``; a resumed one, the same config as it began with."""
+    from alignloop.train.run_folder import check_same_config
+
+    if resume:
+        if not (out / "config.yaml").exists():
+            raise AlignloopError(f"nothing to resume: {out} holds no comparison", "drop --resume to start one")
+        check_same_config(out, cfg)
+        return
+    if out.exists() and any(out.iterdir()):
+        what = "a finished comparison" if (out / "compare.json").exists() else "an unfinished comparison or other files"
+        raise AlignloopError(
+            f"{out} already holds {what}", "pass --resume to continue it, or choose a new --out folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+
+
+def _stage(out: Path, name: str, run: Callable[[], dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
+    """Run one stage whose files live in ``out/name`` and whose outcome is ``out/name/compare_stage.json``.
+
+    A stage that finished (its outcome file exists) is not run again. A folder without one is what
+    an interrupted stage left; it is deleted and the stage starts over."""
+    import shutil
+
+    folder, done = out / name, out / name / "compare_stage.json"
+    if done.exists():
+        log(f"compare: {name} already done; kept")
+        return json.loads(done.read_text())
+    if folder.exists():
+        log(f"compare: {name} was interrupted; starting it again")
+        shutil.rmtree(folder)
+    result = run()
+    _write_json(done, result)
+    return result
+
+
+def _cached(path: Path, compute: Callable[[], Any]) -> Any:
+    """``compute()``'s JSON result, stored at ``path`` the first time (written whole, then renamed)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    _write_json(path, value)
+    return value
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
+
+
+def _reward_model(cfg: CompareConfig, rankings: Sequence[Ranking], run: Path) -> dict[str, Any]:
+    from alignloop.train.reward import train_reward_model
+
+    t0 = time.perf_counter()
+    rm = train_reward_model(cfg.rm, rankings, run, progress=False)
+    return {"model_dir": str(rm.model_dir), "seconds": time.perf_counter() - t0}
+
+
+def _timed_train(cfg, method, rankings, prompts, corpus, scorer, out: Path) -> dict[str, Any]:
+    """``_train`` under the budget: the policy folder, what it spent, and its wall time."""
+    seconds = cfg.budget.seconds if cfg.budget.kind == "wall_time" else None
+    t0 = time.perf_counter()
+    with wall_time_budget(seconds):
+        folder, spent = _train(cfg, method, rankings, prompts, corpus, scorer, out / method)
+    return spent | {"policy": folder, "seconds": time.perf_counter() - t0}
+
+
+def _answers(cfg: CompareConfig, out: Path, name: str, policy: str, texts: list[str]) -> list[list[str]]:
+    """``eval.samples_per_prompt`` answers of ``policy`` to each held-out prompt (the same seed for every policy)."""
+    return _cached(out / "eval" / f"{name}.answers.json", lambda: sample_completions_for_eval(cfg, policy, texts))
+
+
+def sample_completions_for_eval(cfg: CompareConfig, policy: str, texts: list[str]) -> list[list[str]]:
+    """``eval.samples_per_prompt`` answers per held-out prompt, with the evaluation seed (the same for every policy)."""
+    from alignloop.loop import sample_completions
+
+    spp, gen = cfg.eval.samples_per_prompt, cfg.eval.generation
+    return sample_completions(policy, texts, spp, gen, cfg.eval_seed, cfg.dpo.model.dtype)
+
+
+def _timed_best_of_n(cfg: CompareConfig, texts: list[str], method: str, scorer) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    n = int(method[3:])
+    answers = _best_of_n(cfg, texts, n, scorer)
+    return {
+        "answers": answers,
+        "seconds": time.perf_counter() - t0,
+        "samples": n * len(texts) * cfg.eval.samples_per_prompt,
+    }
 
 
 def _corpus(cfg: CompareConfig) -> list[str]:
@@ -283,14 +375,18 @@ def _perplexity(policy: str, corpus: list[str]) -> float | None:
     return corpus_perplexity(corpus, CausalLMLikelihood.from_name(policy))["perplexity"]
 
 
-def _evaluate(cfg, ids, texts, samples, policies, gold, scorer, corpus) -> list[dict[str, Any]]:
+def _evaluate(cfg, out, ids, texts, samples, policies, gold, scorer, corpus) -> list[dict[str, Any]]:
     from alignloop.evaluate.winrate import ScoreJudge, evaluate_win_rates
 
     judged = {
         name: evaluate_win_rates(ScoreJudge(j, name), ids, texts, samples, "sft", cfg.eval.bootstrap, cfg.eval_seed)
         for name, j in (("gold", gold), ("rm", scorer))
     }
-    sft_ppl = _perplexity(cfg.policy, corpus)
+
+    def measured(method: str, what: str, compute: Callable[[], Any]) -> Any:
+        return _cached(out / "eval" / f"{method}.{what}.json", compute)
+
+    sft_ppl = measured("sft", "perplexity", lambda: _perplexity(cfg.policy, corpus))
     rows = []
     for method in cfg.methods:
         row: dict[str, Any] = {"method": method}
@@ -302,8 +398,11 @@ def _evaluate(cfg, ids, texts, samples, policies, gold, scorer, corpus) -> list[
             n = int(method[3:])
             row["kl"], row["perplexity"] = math.log(n) - (n - 1) / n, sft_ppl
         else:
-            row["kl"] = _kl_to_sft(policies[method], cfg.policy, texts, samples[method], cfg.dpo.max_length)
-            row["perplexity"] = _perplexity(policies[method], corpus)
+            policy, answers = policies[method], samples[method]
+            row["kl"] = measured(
+                method, "kl", lambda p=policy, a=answers: _kl_to_sft(p, cfg.policy, texts, a, cfg.dpo.max_length)
+            )
+            row["perplexity"] = measured(method, "perplexity", lambda p=policy: _perplexity(p, corpus))
         rows.append(row)
     rows.append({"method": "sft", "gold_mean_score": judged["gold"]["mean_score"]["sft"], "perplexity": sft_ppl})
     return rows
