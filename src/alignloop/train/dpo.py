@@ -28,7 +28,9 @@ mean over held-out completions of log pi_ref(y|x) - log pi(y|x). The held-out co
 samples of the SFT policy in the loop, so this is a Monte-Carlo estimate of KL(pi_SFT || pi)
 (the direction sampled from the reference; zero at the start, grows as the policy moves away).
 
-Run folder (as every trainer: :mod:`alignloop.train.runlog`, :mod:`alignloop.train.checkpoint`)::
+Run folder (as every trainer: :mod:`alignloop.train.runlog`, :mod:`alignloop.train.checkpoint`;
+opened by :func:`~alignloop.train.run_folder.open_run`: a fresh run needs an empty folder,
+``resume`` a checkpoint or a finished run and the same config)::
 
     RUN_DIR/config.yaml  metrics.jsonl  tb/  checkpoints/step-NNNNNN/  reference_logprobs.pt
     RUN_DIR/policy/      the trained policy (HF folder with tokenizer)   finished.json
@@ -54,7 +56,7 @@ from alignloop.data.records import Ranking
 from alignloop.errors import AlignloopError
 from alignloop.models.loading import load_tokenizer
 from alignloop.models.reward import pad_id
-from alignloop.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from alignloop.train.checkpoint import load_checkpoint, save_checkpoint
 from alignloop.train.distributed import (
     Precision,
     build_accelerator,
@@ -80,13 +82,16 @@ from alignloop.train.logprobs import (  # noqa: F401  (encode_rankings, referenc
 )
 from alignloop.train.losses import dpo_kway_loss
 from alignloop.train.reward import chunk_prompts, split_by_prompt
+from alignloop.train.run_folder import open_run
 from alignloop.train.runlog import RunLog, track
 from alignloop.train.schedule import build_optimizer, cosine_with_warmup, warmup_steps
-from alignloop.train.sft import _build_model, _check_resumable, export_model, quiet_hf
+from alignloop.train.sft import _build_model, export_model, quiet_hf
 
 POLICY_SUBDIR = "policy"
 REFERENCE_CACHE = "reference_logprobs.pt"
 FINISHED = "finished.json"
+#: What a DPO run writes besides the common run-folder layout (what ``overwrite`` may delete).
+OUTPUTS = (POLICY_SUBDIR, f"{POLICY_SUBDIR}.tmp", REFERENCE_CACHE, FINISHED)
 
 
 # ---------------------------------------------------------------- metrics
@@ -180,6 +185,7 @@ def train_dpo(
     *,
     val: Sequence[Ranking] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> DPOResult:
@@ -188,8 +194,9 @@ def train_dpo(
     ``val``: held-out rankings (default: ``cfg.val_fraction`` of the prompts, split off by
     prompt). ``resume`` continues from the newest checkpoint in ``out_dir`` exactly (weights,
     optimizer, schedule, RNG, data position, the cached reference log-probs); resuming a
-    finished run returns it. ``on_step(step, metrics)`` is called after every step, its metrics
-    carrying ``train_seconds`` (time in training steps only, for benchmarks).
+    finished run returns it; ``overwrite`` replaces a DPO run in ``out_dir`` (both:
+    :func:`~alignloop.train.run_folder.open_run`). ``on_step(step, metrics)`` is called after
+    every step, its metrics carrying ``train_seconds`` (time in training steps only, for benchmarks).
     """
     out = Path(out_dir)
     rankings = list(rankings)
@@ -199,15 +206,12 @@ def train_dpo(
         rankings, val = split_by_prompt(rankings, cfg.val_fraction, cfg.seed)
     val = list(val)
     data_fp = fingerprint(rankings) + fingerprint(val)
-    ckpt = latest_checkpoint(out) if resume else None
-    if not resume and (list_checkpoints(out) or (out / POLICY_SUBDIR).exists()):
-        raise AlignloopError(f"{out} already holds a DPO run", "pass --resume to continue it, or choose a new --out")
-    if resume:
-        _check_resumable(out, cfg)  # the one config guard every trainer uses
-        if ckpt is None and (out / FINISHED).exists():
-            return _finished(out, data_fp)
-        if ckpt is None:
-            raise AlignloopError(f"nothing to resume: {out} has no checkpoint", "drop --resume to start a new run")
+    folder = open_run(
+        out, cfg, stage="DPO", resume=resume, overwrite=overwrite, outputs=OUTPUTS, finished_marker=FINISHED
+    )
+    if folder.finished:  # nothing left to run: the same run (same rankings), or an error
+        return _finished(out, data_fp)
+    ckpt = folder.checkpoint
 
     # 1. tokenise; the model placed (a replica per process, or FSDP2 shards) before the optimizer sees it
     acc = build_accelerator()

@@ -66,7 +66,7 @@ from alignloop.train.distributed import (
     seed_everything,
 )
 from alignloop.train.distributed import step_indices as global_step_indices
-from alignloop.train.run_folder import check_same_config, open_run
+from alignloop.train.run_folder import open_run
 from alignloop.train.runlog import RunLog, track
 from alignloop.train.schedule import build_optimizer, cosine_with_warmup, warmup_steps
 from alignloop.train.sft_data import (
@@ -83,9 +83,8 @@ from alignloop.train.sft_eval import sample_scores, validation_loss
 from alignloop.train.sft_model import build_policy, export_model, link_folder, sft_dtype
 
 # Names other modules import from here (DPO builds on SFT's rows and model; kept until they import
-# from sft_data / sft_model / run_folder directly).
+# from sft_data / sft_model directly).
 _build_model = build_policy
-_check_resumable = check_same_config
 __all__ = [
     "IGNORE", "SFTExample", "SFTResult", "best_policy_dir", "build_example", "collate", "export_model",
     "quiet_hf", "response_logits", "response_only_loss", "sft_dtype", "train_sft",
