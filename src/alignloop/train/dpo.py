@@ -20,6 +20,8 @@ One run, in the order the code runs it:
      completions; per chunk one forward, the K-way loss, backward scaled by the chunk's share of
      the step's prompts (the accumulated gradient is the mean over the step's prompts);
   4. clip, AdamW step, cosine LR step; held-out metrics every ``eval_every`` steps and at epoch ends;
+     a spent wall-time budget (:func:`~alignloop.train.checkpoint.wall_time_budget`, ``alignloop
+     compare``) ends the run at this step boundary, as the schedule's end would;
   5. the policy as a plain HF folder in ``RUN_DIR/policy`` (LoRA merged).
 
 Metrics: loss, implicit-reward accuracy (share of untied pairs with h_w > h_l, where
@@ -56,7 +58,7 @@ from alignloop.data.records import Ranking
 from alignloop.errors import AlignloopError
 from alignloop.models.loading import load_tokenizer
 from alignloop.models.reward import pad_id
-from alignloop.train.checkpoint import load_checkpoint, save_checkpoint
+from alignloop.train.checkpoint import agreed_budget_spent, load_checkpoint, save_checkpoint
 from alignloop.train.distributed import (
     Precision,
     build_accelerator,
@@ -167,7 +169,8 @@ def evaluate_dpo(
 
 @dataclass
 class DPOResult:
-    """What a run produced: the policy folder and its final figures."""
+    """What a run produced: the policy folder and its final figures. ``stopped_by_budget``: a wall-time
+    budget ended the run after ``steps`` steps, before its schedule's end (the policy is that step's)."""
 
     run_dir: Path
     policy_dir: Path
@@ -176,6 +179,7 @@ class DPOResult:
     train: dict[str, float] = field(default_factory=dict)  # last step's train/* metrics
     val: dict[str, float] = field(default_factory=dict)  # last held-out evaluation (val/*)
     reference_seconds: float = 0.0  # computing the cached reference log-probs (once per run)
+    stopped_by_budget: bool = False
 
 
 def train_dpo(
@@ -288,7 +292,7 @@ def train_dpo(
     last_val = evaluate(0) if start == 0 else {}
     last_train: dict[str, float] = {}
     orders: dict[int, list[int]] = {}
-    done = start
+    done, stopped_by_budget = start, False
     # 3.-4. optimizer steps
     for step in track(range(start, total), "dpo", total=total - start, enabled=progress and main):
         epoch, pos = divmod(step, steps_per_epoch)
@@ -310,6 +314,9 @@ def train_dpo(
         end_of_epoch = pos + 1 == steps_per_epoch
         if end_of_epoch or (cfg.eval_every and done % cfg.eval_every == 0):
             last_val = evaluate(done) or last_val
+        if done < total and agreed_budget_spent(acc):  # `alignloop compare`'s wall time: finish here
+            stopped_by_budget = True
+            break
         # The last step writes policy/ instead of a checkpoint (a full model with Adam state is
         # several times the policy's size); a finished run has nothing left to resume.
         if done < total and (end_of_epoch or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
@@ -321,11 +328,11 @@ def train_dpo(
     if main:
         export_model(plain, tokenizer, policy_dir, in_place=True)
         record = {"steps": done, "train_seconds": train_seconds, "train": last_train, "val": last_val}
-        record["reference_seconds"] = reference_seconds
+        record |= {"reference_seconds": reference_seconds, "stopped_by_budget": stopped_by_budget}
         (out / FINISHED).write_text(json.dumps(record | {"data": data_fp}))
     log.close()
     acc.wait_for_everyone()
-    return DPOResult(out, policy_dir, done, train_seconds, last_train, last_val, reference_seconds)
+    return DPOResult(out, policy_dir, done, train_seconds, last_train, last_val, reference_seconds, stopped_by_budget)
 
 
 def dpo_dtype(cfg: DPOConfig) -> str:
@@ -342,10 +349,9 @@ def _finished(out: Path, data_fp: str) -> DPOResult:
         raise AlignloopError(
             f"cannot resume {out}: the rankings differ from the finished run's", "resume with the same --data and --val"
         )
-    r = record
-    return DPOResult(
-        out, out / POLICY_SUBDIR, r["steps"], r["train_seconds"], r["train"], r["val"], r["reference_seconds"]
-    )
+    figures = (record[k] for k in ("steps", "train_seconds", "train", "val", "reference_seconds"))
+    # stopped_by_budget: absent from a run finished before DPO checked the budget
+    return DPOResult(out, out / POLICY_SUBDIR, *figures, record.get("stopped_by_budget", False))
 
 
 def _train_step(

@@ -45,8 +45,7 @@ from alignloop.models.loading import load_tokenizer, quiet_hf, set_default_syste
 from alignloop.models.padding import pad_token_id
 from alignloop.models.scoring import Scorer
 from alignloop.train.checkpoint import (
-    budget_active,
-    budget_spent,
+    agreed_budget_spent,
     interrupt_point,
     load_checkpoint,
     save_checkpoint,
@@ -151,14 +150,6 @@ def _finished_result(run: Path, record: dict[str, Any]) -> SFTResult:
         best_value=best["value"],
         evals=record["evals"],
     )
-
-
-def _agreed_budget_spent(acc: Any) -> bool:
-    """:func:`~alignloop.train.checkpoint.budget_spent`, agreed by every process (any one's clock decides)."""
-    if not budget_active():
-        return False
-    spent = torch.tensor(float(budget_spent()), device=acc.device)
-    return bool((acc.reduce(spent, "sum") if acc.num_processes > 1 else spent) > 0)
 
 
 # ---------------------------------------------------------------- the trainer
@@ -337,7 +328,7 @@ def train_sft(
                     acc.wait_for_everyone()
             epoch_t0 = time.perf_counter()
         runlog.log(done, row)
-        if done < total_steps and _agreed_budget_spent(acc):  # `alignloop compare`'s wall time: finish here
+        if done < total_steps and agreed_budget_spent(acc):  # `alignloop compare`'s wall time: finish here
             total_steps = done
             if on_step is not None:
                 on_step(done, row)
