@@ -231,6 +231,16 @@ def test_interrupted_run_resumes_to_the_same_weights_and_metrics(tmp_path) -> No
     assert again.steps == 6 and again.val == resumed.val
 
 
+def test_adam_settings_come_from_the_config(tmp_path) -> None:
+    from alignloop.train.checkpoint import STATE_FILE
+
+    cfg = tiny_cfg(epochs=2, adam_betas=(0.8, 0.99), adam_eps=1e-6)
+    train_dpo(cfg, rankings(8, 3, seed=7), tmp_path / "run", val=[], progress=False)  # checkpoint at epoch 1's end
+    state = torch.load(list_checkpoints(tmp_path / "run")[-1] / STATE_FILE, weights_only=False)
+    groups = state["extra"]["optimizer_state"]["param_groups"]
+    assert {(tuple(g["betas"]), g["eps"]) for g in groups} == {((0.8, 0.99), 1e-6)}
+
+
 def test_cli_dpo_trains_resumes_and_reports_bad_input(tmp_path) -> None:
     runner = CliRunner()
     write_jsonl(tmp_path / "rankings.jsonl", rankings(10, 3, seed=6))

@@ -235,7 +235,7 @@ def train_dpo(
     total = cfg.epochs * steps_per_epoch
     # the optimizer on the placed parameters: under FSDP before any forward (the root module's
     # parameters stay unsharded after a forward without backward; the optimizer must hold the shards)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, betas=tuple(cfg.adam_betas))
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps)
     scheduler = cosine_with_warmup(optimizer, total, warmup_steps(total, cfg.warmup_ratio), cfg.min_lr_ratio)
 
     # 2. reference log-probs: computed from the starting weights (the SFT policy) once, cached.
