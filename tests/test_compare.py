@@ -119,8 +119,9 @@ def test_compare_wall_time_budget_stops_every_method_at_a_step_boundary(tmp_path
     assert max(m["step"] for m in metrics) == 1
     # rejection FT: one sampling chunk (batch 2 / n 2 = 1 prompt: 2 samples of the 400 / 2 budgeted), one SFT step
     assert rows["rejection_ft"]["samples"] == 2 and rows["rejection_ft"]["steps"] == 1
-    # DPO: the step that crossed the budget is spent but not kept (no budget check inside train_dpo)
-    assert rows["dpo"]["steps"] == 0 and rows["dpo"]["samples"] == 0
+    # DPO: one step of its 100 (50 epochs of 2), whose policy is written
+    assert rows["dpo"]["steps"] == 1 and rows["dpo"]["samples"] == 0
+    assert (tmp_path / "out" / "dpo" / "policy" / "config.json").exists()
     assert "Budget: the same wall time" in (tmp_path / "out" / "compare.md").read_text()
 
 
@@ -157,12 +158,14 @@ def test_wall_time_budget_is_scoped_and_spent_at_its_deadline() -> None:
     assert not budget_active()
 
 
-def test_dpo_stopped_by_the_budget_keeps_its_last_checkpointed_step(tmp_path, monkeypatch) -> None:
-    """DPO under a wall-time budget crossed at step 2: the policy is step 1's checkpoint, LoRA merged."""
+def test_dpo_stops_at_the_first_step_boundary_past_the_budget_with_that_steps_policy(tmp_path, monkeypatch) -> None:
+    """DPO under a wall-time budget found spent as step 2 ends (of 3 epochs x 2 steps): the run ends
+    there, as finished, and its policy (LoRA merged) has step 2's weights, those of an unbudgeted run."""
     from alignloop import compare
     from alignloop.models.loading import load_causal_lm
     from alignloop.train import checkpoint
-    from alignloop.train.dpo import sequence_logprobs
+    from alignloop.train.dpo import sequence_logprobs, train_dpo
+    from alignloop.train.runlog import read_metrics
     from alignloop.train.sft import _build_model, build_example
 
     cfg = load_config(_inputs(tmp_path, "[dpo]", "{kind: wall_time, seconds: 3600}", dpo_epochs=3), CompareConfig)
@@ -172,17 +175,35 @@ def test_dpo_stopped_by_the_budget_keeps_its_last_checkpointed_step(tmp_path, mo
     rankings = read_jsonl(tmp_path / "rankings.jsonl", Ranking)
     with checkpoint.wall_time_budget(3600):
         folder, spent = compare._dpo(cfg, rankings, tmp_path / "dpo")
-    assert spent == {"samples": 0, "steps": 1, "stopped": "budget"}
-    ckpt = checkpoint.latest_checkpoint(tmp_path / "dpo")
-    assert ckpt.name == "step-000001"
+    assert spent == {"samples": 0, "steps": 2, "stopped": "budget"}
+    assert folder == str(tmp_path / "dpo" / "policy")
+    assert max(r["step"] for r in read_metrics(tmp_path / "dpo")) == 2
+    assert checkpoint.list_checkpoints(tmp_path / "dpo") == []  # finished: no checkpoint for a resume to take
+    assert json.loads((tmp_path / "dpo" / "finished.json").read_text())["stopped_by_budget"] is True
+
+    # the same run without a budget, stopped after step 3 with checkpoints of steps 1 and 2
     dpo_cfg = dataclasses.replace(cfg.dpo, model=dataclasses.replace(cfg.dpo.model, name="tiny"))
-    kept = _build_model(dpo_cfg, ckpt / "model").eval()
+    ref_cfg = dataclasses.replace(dpo_cfg, checkpoint_every=1, keep_checkpoints=3)
+
+    def stop(step: int, _metrics: dict[str, float]) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(ref_cfg, rankings, tmp_path / "ref", progress=False, on_step=stop)
+    steps = {c.name: _build_model(dpo_cfg, c / "model").eval() for c in checkpoint.list_checkpoints(tmp_path / "ref")}
+    assert sorted(steps) == ["step-000001", "step-000002"]
     policy, sft = load_causal_lm(folder).eval(), load_causal_lm("tiny").eval()
     tok = load_tokenizer(folder)
     rows = [build_example(tok, "Question 1?", a, 64) for a in ANSWERS]
     with torch.no_grad():
-        logps = [sequence_logprobs(m, rows, pad_id(tok), torch.device("cpu")) for m in (kept, policy, sft)]
-    assert torch.allclose(logps[0], logps[1], atol=1e-5) and not torch.allclose(logps[1], logps[2], atol=1e-4)
+        logps = {
+            name: sequence_logprobs(m, rows, pad_id(tok), torch.device("cpu"))
+            for name, m in (*steps.items(), ("policy", policy), ("sft", sft))
+        }
+    assert torch.allclose(logps["policy"], logps["step-000002"], atol=1e-5)
+    assert not torch.allclose(logps["policy"], logps["step-000001"], atol=1e-4)
+    assert not torch.allclose(logps["policy"], logps["sft"], atol=1e-4)
 
 
 def test_compare_resumes_after_an_interruption_keeping_what_finished(tmp_path, monkeypatch) -> None:

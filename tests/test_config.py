@@ -34,6 +34,7 @@ def test_int_accepted_for_float_and_tuple_fields(tmp_path) -> None:
         ("sft:\n  model:\n    dtype: int8\n", "field 'sft.model.dtype'"),
         ("data:\n  split_fractions: [0.5, 0.5, 0.5]\n", "field 'data.split_fractions'"),
         ("ppo: 3\n", "field 'ppo'"),
+        ("ppo:\n  adam_beta2: 0.99\n", "field 'ppo.adam_beta2': unknown key"),  # the old spelling of adam_betas
         ("- a\n- b\n", "top level must be a mapping"),
         ("sft: [\n", "invalid YAML"),
     ],
@@ -45,6 +46,32 @@ def test_bad_config_names_the_field(tmp_path, yaml_text: str, needle: str) -> No
         load_config(p)
     assert needle in str(err.value)
     assert str(p) in str(err.value)
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "ppo", "dpo"])
+def test_every_stage_spells_adamw_settings_alike(tmp_path, stage: str) -> None:
+    """``adam_betas`` (two numbers in [0, 1)) and ``adam_eps`` (positive), with one check, in every
+    trainer's config; the old PPO keys ``adam_beta1``/``adam_beta2`` are unknown keys, and the error
+    lists the one to use."""
+    p = tmp_path / "c.yaml"
+    p.write_text(f"{stage}:\n  adam_betas: [0.8, 0.99]\n  adam_eps: 1.0e-6\n")
+    cfg = getattr(load_config(p), stage)
+    assert cfg.adam_betas == (0.8, 0.99) and cfg.adam_eps == 1e-6
+    for bad, needle in (
+        ("adam_betas: [0.9, 1.0]", r"field 'STAGE.adam_betas': must be two numbers in \[0, 1\), got \[0.9, 1.0\]"),
+        ("adam_betas: [0.9]", "field 'STAGE.adam_betas': expected 2 items, got 1"),
+        ("adam_eps: 0", "field 'STAGE.adam_eps': must be positive, got 0"),
+        ("adam_beta1: 0.9", r"field 'STAGE.adam_beta1': unknown key \(known keys: .*adam_betas, adam_eps"),
+    ):
+        p.write_text(f"{stage}:\n  {bad}\n")
+        with pytest.raises(AlignloopError, match=needle.replace("STAGE", stage)):
+            load_config(p)
+
+
+def test_ppo_keeps_its_adamw_defaults() -> None:
+    from alignloop.config import PPOConfig
+
+    assert PPOConfig().adam_betas == (0.9, 0.999) and PPOConfig().adam_eps == 1e-5
 
 
 def test_stage_config_round_trip(tmp_path) -> None:
@@ -107,7 +134,9 @@ def test_yaml_numbers_in_scientific_notation_are_numbers(tmp_path) -> None:
 
 
 def test_resume_on_another_stages_folder_says_so(tmp_path) -> None:
-    from alignloop.config import PPOConfig, RMConfig, SFTConfig, dump_config, load_stage_config
+    import yaml
+
+    from alignloop.config import PPOConfig, RMConfig, SFTConfig, config_to_dict, dump_config, load_stage_config
     from alignloop.errors import AlignloopError
 
     dump_config(RMConfig(), tmp_path / "config.yaml")
@@ -119,6 +148,12 @@ def test_resume_on_another_stages_folder_says_so(tmp_path) -> None:
     )
     assert load_stage_config(None, RMConfig, "rm", run_dir=tmp_path, resume=True) == RMConfig()
     with pytest.raises(AlignloopError, match="it holds a rm run"):
+        load_stage_config(None, PPOConfig, "ppo", run_dir=tmp_path, resume=True)
+    # a PPO run saved before adam_beta1/adam_beta2 became adam_betas: the old keys are named
+    saved = config_to_dict(PPOConfig())
+    del saved["adam_betas"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved | {"adam_beta1": 0.9, "adam_beta2": 0.999}))
+    with pytest.raises(AlignloopError, match=r"another stage \(keys not in ppo: adam_beta1, adam_beta2\)"):
         load_stage_config(None, PPOConfig, "ppo", run_dir=tmp_path, resume=True)
 
 

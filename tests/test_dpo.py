@@ -192,7 +192,7 @@ def test_dpo_learns_held_out_rankings_with_k_forwards_per_prompt(tmp_path, monke
     assert res.val["val/accuracy"] > 0.9 and res.val["val/margin"] > 0 and res.val["val/kl_ref"] != 0
     assert res.train["train/loss"] < metrics[1]["train/loss"]
     assert (res.policy_dir / "config.json").exists() and (tmp_path / "run" / "reference_logprobs.pt").exists()
-    with pytest.raises(AlignloopError, match="already holds a DPO run"):
+    with pytest.raises(AlignloopError, match="is not empty: it already holds checkpoints, config.yaml"):
         train_dpo(tiny_cfg(epochs=3), train, tmp_path / "run", val=val, progress=False)
 
 
@@ -231,6 +231,16 @@ def test_interrupted_run_resumes_to_the_same_weights_and_metrics(tmp_path) -> No
     assert again.steps == 6 and again.val == resumed.val
 
 
+def test_adam_settings_come_from_the_config(tmp_path) -> None:
+    from alignloop.train.checkpoint import STATE_FILE
+
+    cfg = tiny_cfg(epochs=2, adam_betas=(0.8, 0.99), adam_eps=1e-6)
+    train_dpo(cfg, rankings(8, 3, seed=7), tmp_path / "run", val=[], progress=False)  # checkpoint at epoch 1's end
+    state = torch.load(list_checkpoints(tmp_path / "run")[-1] / STATE_FILE, weights_only=False)
+    groups = state["extra"]["optimizer_state"]["param_groups"]
+    assert {(tuple(g["betas"]), g["eps"]) for g in groups} == {((0.8, 0.99), 1e-6)}
+
+
 def test_cli_dpo_trains_resumes_and_reports_bad_input(tmp_path) -> None:
     runner = CliRunner()
     write_jsonl(tmp_path / "rankings.jsonl", rankings(10, 3, seed=6))
@@ -243,6 +253,22 @@ def test_cli_dpo_trains_resumes_and_reports_bad_input(tmp_path) -> None:
     assert "beta: 0.5" in saved and "lr: 0.02" in saved and "name: tiny" in saved
     result = runner.invoke(app, [*args, "--resume"])  # the run's own config.yaml; finished: nothing to do
     assert result.exit_code == 0, result.output
+    # the run folder's rules (train/run_folder.py), as for every trainer
+    with pytest.raises(AlignloopError, match=r"config differs from the run's config.yaml in beta \("):
+        runner.invoke(app, [*args, "--resume", "--beta", "0.7"], catch_exceptions=False)
+    with pytest.raises(AlignloopError, match="is not empty: .*--resume.*--overwrite"):
+        runner.invoke(app, args, catch_exceptions=False)
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(AlignloopError, match="also holds notes.txt"):
+        runner.invoke(app, [*args, "--overwrite"], catch_exceptions=False)
+    (tmp_path / "run" / "notes.txt").unlink()
+    result = runner.invoke(app, [*args, "--overwrite", "--beta", "0.7"])  # a new run in place of the old one
+    assert result.exit_code == 0, result.output
+    assert "beta: 0.7" in (tmp_path / "run" / "config.yaml").read_text()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "config.yaml", "finished.json", "metrics.jsonl", "policy", "reference_logprobs.pt", "tb",
+    ]  # fmt: skip
+    assert [r["step"] for r in read_metrics(tmp_path / "run")].count(0) == 1  # one run's metrics, not two
     (tmp_path / "bad.jsonl").write_text('{"prompt_id": "p", "prompt": "x", "completions": ["a"], "order": [0]}\n')
     with pytest.raises(AlignloopError, match=r"bad.jsonl:1: field 'completions'"):
         bad = ["dpo", "--policy", "tiny", "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "b")]

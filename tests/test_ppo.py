@@ -315,6 +315,12 @@ def test_rollout_split_over_cores_is_one_consistent_batch() -> None:
     assert torch.equal(a.response_mask.sum(1), torch.tensor([4, 4, 4, 4]))
 
 
+def test_adam_settings_come_from_the_config() -> None:
+    trainer = PPOTrainer(small(adam_betas=(0.8, 0.99), adam_eps=1e-6), "tiny", letter_e(), PROMPTS, None)
+    groups = [*trainer.policy_opt.param_groups, *trainer.value_opt.param_groups]
+    assert {(tuple(g["betas"]), g["eps"]) for g in groups} == {((0.8, 0.99), 1e-6)}
+
+
 def test_config_and_input_errors_are_user_errors() -> None:
     with pytest.raises(AlignloopError, match="minibatch_size"):
         PPOTrainer(small(minibatch_size=3), "tiny", letter_e(), PROMPTS, None)

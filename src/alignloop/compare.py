@@ -241,51 +241,15 @@ def _train(
     return str(res.policy_dir), spent | {"stopped": "complete" if complete else "budget"}
 
 
-class _BudgetSpent(Exception):
-    """Raised from DPO's ``on_step`` at the first step boundary past the wall-time budget."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(f"wall-time budget spent after step {step}")
-        self.step = step
-
-
 def _dpo(cfg: CompareConfig, rankings: Sequence[Ranking], run: Path) -> tuple[str, dict[str, Any]]:
-    """DPO from the SFT policy. Under a wall-time budget: ``train_dpo`` does not check the budget
-    itself, so ``on_step`` raises at the first step boundary past it and the newest checkpoint
-    (written after every step in this mode) becomes the policy: the step that crossed the budget
-    is spent but not kept (its checkpoint is written after ``on_step``)."""
-    from alignloop.train.checkpoint import budget_active, budget_spent
+    """DPO from the SFT policy; under a wall-time budget ``train_dpo`` stops at its first step
+    boundary after it and writes that step's policy, as PPO and rejection FT do."""
     from alignloop.train.dpo import train_dpo
 
     dpo_cfg = dataclasses.replace(cfg.dpo, model=dataclasses.replace(cfg.dpo.model, name=cfg.policy))
-    on_step = None
-    if budget_active():
-        dpo_cfg = dataclasses.replace(dpo_cfg, checkpoint_every=1)
-
-        def on_step(step: int, _metrics: dict[str, float]) -> None:
-            if budget_spent():
-                raise _BudgetSpent(step)
-
-    try:
-        res = train_dpo(dpo_cfg, rankings, run, progress=False, on_step=on_step)
-    except _BudgetSpent as stop:
-        return _policy_from_checkpoint(dpo_cfg, run), {"samples": 0, "steps": stop.step - 1, "stopped": "budget"}
-    return str(res.policy_dir), {"samples": 0, "steps": res.steps, "stopped": "complete"}
-
-
-def _policy_from_checkpoint(dpo_cfg: Any, run: Path) -> str:
-    """``run/policy`` from the newest DPO checkpoint (LoRA merged); the SFT policy when none was written."""
-    from alignloop.models.loading import load_tokenizer
-    from alignloop.train.checkpoint import latest_checkpoint
-    from alignloop.train.sft import _build_model, export_model, quiet_hf
-
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:  # the budget ended the first step: nothing kept
-        return dpo_cfg.model.name
-    with quiet_hf():
-        model = _build_model(dpo_cfg, ckpt / "model")
-    export_model(model, load_tokenizer(dpo_cfg.model.name), run / "policy", in_place=True)
-    return str(run / "policy")
+    res = train_dpo(dpo_cfg, rankings, run, progress=False)
+    stopped = "budget" if res.stopped_by_budget else "complete"
+    return str(res.policy_dir), {"samples": 0, "steps": res.steps, "stopped": stopped}
 
 
 def _rejection_ft(cfg: CompareConfig, prompts: list[Prompt], scorer, run: Path) -> tuple[str, dict[str, Any]]:

@@ -321,9 +321,8 @@ class PPOConfig:
     score_norm: bool = False  # running mean/std normalisation of the RM score before the EOS penalty
     lr_schedule: str = "constant"  # "constant" | "linear" (decay to 0 over the run)
     max_grad_norm: float = 1.0  # 0 = no clipping
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW's; torch's default, as TRL's PPO
     adam_eps: float = 1e-5
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
     score_batch_size: int = 64  # completions per reward-model call while scoring a rollout
     # pi_old = the sampler's log-probabilities (as TRL; the first step's KL is then ~1e-6 of
     # numerical noise, not 0) instead of one more forward pass over the policy after sampling.
@@ -366,8 +365,9 @@ class PPOConfig:
             raise ValueError("target_kl, kl_horizon: must be positive with adaptive_kl")
         if self.value_layers < 0:
             raise ValueError(f"value_layers: must be >= 0, got {self.value_layers}")
-        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1) or self.score_batch_size < 1:
-            raise ValueError("adam_beta1, adam_beta2: must be in [0, 1); score_batch_size: at least 1")
+        if self.score_batch_size < 1:
+            raise ValueError(f"score_batch_size: must be at least 1, got {self.score_batch_size}")
+        _check_adam(self.adam_betas, self.adam_eps)
         if self.lora_r < 0 or self.micro_batch_size < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ValueError("lora_r, micro_batch_size, checkpoint_every: must be >= 0; keep_checkpoints >= 1")
 
@@ -391,6 +391,7 @@ class DPOConfig:
     max_length: int = 256
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.95)  # AdamW's; TRL and torch default to (0.9, 0.999)
+    adam_eps: float = 1e-8
     max_grad_norm: float = 1.0  # 0 = no clipping
     dropout: float = 0.0  # off by default: the cached reference log-probs were computed without it
     lora_r: int = 0  # 0 = full fine-tuning
@@ -421,8 +422,7 @@ class DPOConfig:
             raise ValueError("lora_r, eval_every, checkpoint_every: must be >= 0")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision: must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ValueError(f"adam_betas: must be two numbers in [0, 1), got {list(self.adam_betas)}")
+        _check_adam(self.adam_betas, self.adam_eps)
         self.distributed.validate()
 
 
@@ -679,9 +679,11 @@ def _check_same_stage(saved: Path, cls: type, stage: str) -> None:
     keys = set(load_yaml(saved))
     if keys <= {f.name for f in dataclasses.fields(cls)}:
         return
-    stages = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "bon": BoNConfig}
+    stages = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "dpo": DPOConfig, "bon": BoNConfig}
     other = next((name for name, c in stages.items() if keys <= {f.name for f in dataclasses.fields(c)}), None)
-    what = f"a {other} run" if other else "a run of another stage"
+    # no stage's: another stage's run, or one saved under keys since renamed (ppo.adam_beta1 -> adam_betas)
+    unknown = sorted(keys - {f.name for f in dataclasses.fields(cls)})
+    what = f"a {other} run" if other else f"a run of another stage (keys not in {stage}: {', '.join(unknown)})"
     raise AlignloopError(
         f"cannot resume {saved.parent} as a {stage} run: it holds {what} (see its config.yaml)",
         f"resume it with `alignloop {other or '<its stage>'} ... --resume`, or give this {stage} run a new --out",

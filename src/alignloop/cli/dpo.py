@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from alignloop.cli.run_options import OVERWRITE_HELP, RESUME_HELP
 from alignloop.cli.scaling import DTYPE_HELP, GC_HELP, STRATEGY_HELP
 from alignloop.config import DPOConfig, load_stage_config, with_distributed
 from alignloop.errors import AlignloopError
@@ -27,7 +28,8 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
         strategy: str = typer.Option(None, "--strategy", help=STRATEGY_HELP),
         grad_ckpt: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help=GC_HELP),
-        resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
+        resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """DPO (or IPO, Plackett-Luce) on rankings, all C(K,2) pairs of a prompt as one batch element."""
         from alignloop.data.jsonl import read_jsonl
@@ -43,7 +45,7 @@ def register(app: typer.Typer) -> None:
         if not rankings:
             raise AlignloopError(f"{data} holds no rankings", "give a JSONL file of ranking records to --data")
         held = read_jsonl(val, Ranking) if val is not None else None
-        res = train_dpo(cfg, rankings, out, val=held, resume=resume)
+        res = train_dpo(cfg, rankings, out, val=held, resume=resume, overwrite=overwrite)
         line = f"policy: {res.policy_dir}  ({res.steps} steps, {res.train_seconds:.1f} s training)"
         if res.val:
             v = res.val

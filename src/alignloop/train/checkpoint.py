@@ -174,6 +174,16 @@ def budget_active() -> bool:
     return _DEADLINE["at"] is not None
 
 
+def agreed_budget_spent(acc: Any) -> bool:
+    """:func:`budget_spent`, agreed by every process of the Accelerator ``acc`` (any one's clock decides):
+    all processes then leave the loop after the same step, where one leaving alone would hang the
+    others in their next collective."""
+    if not budget_active():
+        return False
+    spent = torch.tensor(float(budget_spent()), device=acc.device)
+    return bool((acc.reduce(spent, "sum") if acc.num_processes > 1 else spent) > 0)
+
+
 @contextmanager
 def wall_time_budget(seconds: float | None) -> Iterator[None]:
     """Give the code inside ``seconds`` of wall time (None: no budget). ``alignloop compare`` runs each

@@ -20,6 +20,8 @@ One run, in the order the code runs it:
      completions; per chunk one forward, the K-way loss, backward scaled by the chunk's share of
      the step's prompts (the accumulated gradient is the mean over the step's prompts);
   4. clip, AdamW step, cosine LR step; held-out metrics every ``eval_every`` steps and at epoch ends;
+     a spent wall-time budget (:func:`~alignloop.train.checkpoint.wall_time_budget`, ``alignloop
+     compare``) ends the run at this step boundary, as the schedule's end would;
   5. the policy as a plain HF folder in ``RUN_DIR/policy`` (LoRA merged).
 
 Metrics: loss, implicit-reward accuracy (share of untied pairs with h_w > h_l, where
@@ -28,7 +30,9 @@ mean over held-out completions of log pi_ref(y|x) - log pi(y|x). The held-out co
 samples of the SFT policy in the loop, so this is a Monte-Carlo estimate of KL(pi_SFT || pi)
 (the direction sampled from the reference; zero at the start, grows as the policy moves away).
 
-Run folder (as every trainer: :mod:`alignloop.train.runlog`, :mod:`alignloop.train.checkpoint`)::
+Run folder (as every trainer: :mod:`alignloop.train.runlog`, :mod:`alignloop.train.checkpoint`;
+opened by :func:`~alignloop.train.run_folder.open_run`: a fresh run needs an empty folder,
+``resume`` a checkpoint or a finished run and the same config)::
 
     RUN_DIR/config.yaml  metrics.jsonl  tb/  checkpoints/step-NNNNNN/  reference_logprobs.pt
     RUN_DIR/policy/      the trained policy (HF folder with tokenizer)   finished.json
@@ -54,7 +58,7 @@ from alignloop.data.records import Ranking
 from alignloop.errors import AlignloopError
 from alignloop.models.loading import load_tokenizer
 from alignloop.models.reward import pad_id
-from alignloop.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from alignloop.train.checkpoint import agreed_budget_spent, load_checkpoint, save_checkpoint
 from alignloop.train.distributed import (
     Precision,
     build_accelerator,
@@ -80,13 +84,16 @@ from alignloop.train.logprobs import (  # noqa: F401  (encode_rankings, referenc
 )
 from alignloop.train.losses import dpo_kway_loss
 from alignloop.train.reward import chunk_prompts, split_by_prompt
+from alignloop.train.run_folder import open_run
 from alignloop.train.runlog import RunLog, track
 from alignloop.train.schedule import build_optimizer, cosine_with_warmup, warmup_steps
-from alignloop.train.sft import _build_model, _check_resumable, export_model, quiet_hf
+from alignloop.train.sft import _build_model, export_model, quiet_hf
 
 POLICY_SUBDIR = "policy"
 REFERENCE_CACHE = "reference_logprobs.pt"
 FINISHED = "finished.json"
+#: What a DPO run writes besides the common run-folder layout (what ``overwrite`` may delete).
+OUTPUTS = (POLICY_SUBDIR, f"{POLICY_SUBDIR}.tmp", REFERENCE_CACHE, FINISHED)
 
 
 # ---------------------------------------------------------------- metrics
@@ -162,7 +169,8 @@ def evaluate_dpo(
 
 @dataclass
 class DPOResult:
-    """What a run produced: the policy folder and its final figures."""
+    """What a run produced: the policy folder and its final figures. ``stopped_by_budget``: a wall-time
+    budget ended the run after ``steps`` steps, before its schedule's end (the policy is that step's)."""
 
     run_dir: Path
     policy_dir: Path
@@ -171,6 +179,7 @@ class DPOResult:
     train: dict[str, float] = field(default_factory=dict)  # last step's train/* metrics
     val: dict[str, float] = field(default_factory=dict)  # last held-out evaluation (val/*)
     reference_seconds: float = 0.0  # computing the cached reference log-probs (once per run)
+    stopped_by_budget: bool = False
 
 
 def train_dpo(
@@ -180,6 +189,7 @@ def train_dpo(
     *,
     val: Sequence[Ranking] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> DPOResult:
@@ -188,8 +198,9 @@ def train_dpo(
     ``val``: held-out rankings (default: ``cfg.val_fraction`` of the prompts, split off by
     prompt). ``resume`` continues from the newest checkpoint in ``out_dir`` exactly (weights,
     optimizer, schedule, RNG, data position, the cached reference log-probs); resuming a
-    finished run returns it. ``on_step(step, metrics)`` is called after every step, its metrics
-    carrying ``train_seconds`` (time in training steps only, for benchmarks).
+    finished run returns it; ``overwrite`` replaces a DPO run in ``out_dir`` (both:
+    :func:`~alignloop.train.run_folder.open_run`). ``on_step(step, metrics)`` is called after
+    every step, its metrics carrying ``train_seconds`` (time in training steps only, for benchmarks).
     """
     out = Path(out_dir)
     rankings = list(rankings)
@@ -199,15 +210,12 @@ def train_dpo(
         rankings, val = split_by_prompt(rankings, cfg.val_fraction, cfg.seed)
     val = list(val)
     data_fp = fingerprint(rankings) + fingerprint(val)
-    ckpt = latest_checkpoint(out) if resume else None
-    if not resume and (list_checkpoints(out) or (out / POLICY_SUBDIR).exists()):
-        raise AlignloopError(f"{out} already holds a DPO run", "pass --resume to continue it, or choose a new --out")
-    if resume:
-        _check_resumable(out, cfg)  # the one config guard every trainer uses
-        if ckpt is None and (out / FINISHED).exists():
-            return _finished(out, data_fp)
-        if ckpt is None:
-            raise AlignloopError(f"nothing to resume: {out} has no checkpoint", "drop --resume to start a new run")
+    folder = open_run(
+        out, cfg, stage="DPO", resume=resume, overwrite=overwrite, outputs=OUTPUTS, finished_marker=FINISHED
+    )
+    if folder.finished:  # nothing left to run: the same run (same rankings), or an error
+        return _finished(out, data_fp)
+    ckpt = folder.checkpoint
 
     # 1. tokenise; the model placed (a replica per process, or FSDP2 shards) before the optimizer sees it
     acc = build_accelerator()
@@ -227,7 +235,7 @@ def train_dpo(
     total = cfg.epochs * steps_per_epoch
     # the optimizer on the placed parameters: under FSDP before any forward (the root module's
     # parameters stay unsharded after a forward without backward; the optimizer must hold the shards)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, betas=tuple(cfg.adam_betas))
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.adam_betas, cfg.adam_eps)
     scheduler = cosine_with_warmup(optimizer, total, warmup_steps(total, cfg.warmup_ratio), cfg.min_lr_ratio)
 
     # 2. reference log-probs: computed from the starting weights (the SFT policy) once, cached.
@@ -284,7 +292,7 @@ def train_dpo(
     last_val = evaluate(0) if start == 0 else {}
     last_train: dict[str, float] = {}
     orders: dict[int, list[int]] = {}
-    done = start
+    done, stopped_by_budget = start, False
     # 3.-4. optimizer steps
     for step in track(range(start, total), "dpo", total=total - start, enabled=progress and main):
         epoch, pos = divmod(step, steps_per_epoch)
@@ -306,6 +314,9 @@ def train_dpo(
         end_of_epoch = pos + 1 == steps_per_epoch
         if end_of_epoch or (cfg.eval_every and done % cfg.eval_every == 0):
             last_val = evaluate(done) or last_val
+        if done < total and agreed_budget_spent(acc):  # `alignloop compare`'s wall time: finish here
+            stopped_by_budget = True
+            break
         # The last step writes policy/ instead of a checkpoint (a full model with Adam state is
         # several times the policy's size); a finished run has nothing left to resume.
         if done < total and (end_of_epoch or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
@@ -317,11 +328,11 @@ def train_dpo(
     if main:
         export_model(plain, tokenizer, policy_dir, in_place=True)
         record = {"steps": done, "train_seconds": train_seconds, "train": last_train, "val": last_val}
-        record["reference_seconds"] = reference_seconds
+        record |= {"reference_seconds": reference_seconds, "stopped_by_budget": stopped_by_budget}
         (out / FINISHED).write_text(json.dumps(record | {"data": data_fp}))
     log.close()
     acc.wait_for_everyone()
-    return DPOResult(out, policy_dir, done, train_seconds, last_train, last_val, reference_seconds)
+    return DPOResult(out, policy_dir, done, train_seconds, last_train, last_val, reference_seconds, stopped_by_budget)
 
 
 def dpo_dtype(cfg: DPOConfig) -> str:
@@ -338,10 +349,9 @@ def _finished(out: Path, data_fp: str) -> DPOResult:
         raise AlignloopError(
             f"cannot resume {out}: the rankings differ from the finished run's", "resume with the same --data and --val"
         )
-    r = record
-    return DPOResult(
-        out, out / POLICY_SUBDIR, r["steps"], r["train_seconds"], r["train"], r["val"], r["reference_seconds"]
-    )
+    figures = (record[k] for k in ("steps", "train_seconds", "train", "val", "reference_seconds"))
+    # stopped_by_budget: absent from a run finished before DPO checked the budget
+    return DPOResult(out, out / POLICY_SUBDIR, *figures, record.get("stopped_by_budget", False))
 
 
 def _train_step(

@@ -303,8 +303,7 @@ class PPOTrainer:
 
     def _optimizer(self, model: Any, lr: float, n_updates: int) -> tuple[Any, Any]:
         cfg = self.config
-        betas = (cfg.adam_beta1, cfg.adam_beta2)
-        optimizer = build_optimizer(model, lr, weight_decay=0.0, betas=betas, eps=cfg.adam_eps, fused=True)
+        optimizer = build_optimizer(model, lr, weight_decay=0.0, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=True)
         return optimizer, constant_or_linear(optimizer, cfg.lr_schedule, n_updates)
 
     def _tokenize_ptx(self, texts: Sequence[str] | None) -> list[list[int]]:

@@ -45,8 +45,7 @@ from alignloop.models.loading import load_tokenizer, quiet_hf, set_default_syste
 from alignloop.models.padding import pad_token_id
 from alignloop.models.scoring import Scorer
 from alignloop.train.checkpoint import (
-    budget_active,
-    budget_spent,
+    agreed_budget_spent,
     interrupt_point,
     load_checkpoint,
     save_checkpoint,
@@ -66,7 +65,7 @@ from alignloop.train.distributed import (
     seed_everything,
 )
 from alignloop.train.distributed import step_indices as global_step_indices
-from alignloop.train.run_folder import check_same_config, open_run
+from alignloop.train.run_folder import open_run
 from alignloop.train.runlog import RunLog, track
 from alignloop.train.schedule import build_optimizer, cosine_with_warmup, warmup_steps
 from alignloop.train.sft_data import (
@@ -83,9 +82,8 @@ from alignloop.train.sft_eval import sample_scores, validation_loss
 from alignloop.train.sft_model import build_policy, export_model, link_folder, sft_dtype
 
 # Names other modules import from here (DPO builds on SFT's rows and model; kept until they import
-# from sft_data / sft_model / run_folder directly).
+# from sft_data / sft_model directly).
 _build_model = build_policy
-_check_resumable = check_same_config
 __all__ = [
     "IGNORE", "SFTExample", "SFTResult", "best_policy_dir", "build_example", "collate", "export_model",
     "quiet_hf", "response_logits", "response_only_loss", "sft_dtype", "train_sft",
@@ -152,14 +150,6 @@ def _finished_result(run: Path, record: dict[str, Any]) -> SFTResult:
         best_value=best["value"],
         evals=record["evals"],
     )
-
-
-def _agreed_budget_spent(acc: Any) -> bool:
-    """:func:`~alignloop.train.checkpoint.budget_spent`, agreed by every process (any one's clock decides)."""
-    if not budget_active():
-        return False
-    spent = torch.tensor(float(budget_spent()), device=acc.device)
-    return bool((acc.reduce(spent, "sum") if acc.num_processes > 1 else spent) > 0)
 
 
 # ---------------------------------------------------------------- the trainer
@@ -338,7 +328,7 @@ def train_sft(
                     acc.wait_for_everyone()
             epoch_t0 = time.perf_counter()
         runlog.log(done, row)
-        if done < total_steps and _agreed_budget_spent(acc):  # `alignloop compare`'s wall time: finish here
+        if done < total_steps and agreed_budget_spent(acc):  # `alignloop compare`'s wall time: finish here
             total_steps = done
             if on_step is not None:
                 on_step(done, row)
