@@ -11,7 +11,8 @@ Run: ``.venv/bin/python examples/compare_demo.py --out runs/compare-demo [--tiny
    ``--episodes`` policy samples per method, or ``--seconds`` of wall time per method (then
    ``--episodes`` is the cap that lays out the schedules),
    a pretraining-like corpus made of the SFT demonstrations' prompts for PPO-ptx and perplexity.
-Prints the table; ``OUT/compare/compare.{md,json,png}`` hold it.
+Prints the table; ``OUT/compare/compare.{md,json,png}`` hold it. Run it again with the same
+arguments after an interruption: it continues (``alignloop compare --resume``), keeping what finished.
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def main() -> None:
                   out / "sft", resume=(out / "sft").exists())  # fmt: skip
     sft = str(best_policy_dir(out / "sft"))
     rm_prompts = sets["rm"][: args.rm_prompts]
-    comps = sample_completions(sft, [p.text for p in rm_prompts], demo.k, demo.ranking_generation, seed=0)
-    write_jsonl(out / "rankings.jsonl", panel.rank_items(list(zip(rm_prompts, comps, strict=True))))
+    if not (out / "rankings.jsonl").exists():
+        comps = sample_completions(sft, [p.text for p in rm_prompts], demo.k, demo.ranking_generation, seed=0)
+        write_jsonl(out / "rankings.jsonl", panel.rank_items(list(zip(rm_prompts, comps, strict=True))))
     write_jsonl(out / "prompts.jsonl", sets["ppo"])
     write_jsonl(out / "eval.jsonl", sets["eval"][: args.eval_prompts])
     (out / "ptx.txt").write_text("\n\n".join(d.prompt + "\n" + d.completion for d in demos), encoding="utf-8")
@@ -72,7 +74,8 @@ def main() -> None:
     if args.tiny:  # the tiny model has 2 layers and no pretrained encoder beside it
         rm = dataclasses.replace(cfg.rm, model=dataclasses.replace(cfg.rm.model, name="tiny"), lr=1e-3)
         cfg = dataclasses.replace(cfg, rm=rm, ppo=dataclasses.replace(cfg.ppo, value_layers=0, lr=1e-3))
-    rows = run_compare(cfg, out / "compare")
+    resume = (out / "compare" / "config.yaml").exists()  # run again after an interruption: continue it
+    rows = run_compare(cfg, out / "compare", resume=resume)
     print(format_table(rows))
     print(
         budget_note(
