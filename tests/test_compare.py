@@ -255,3 +255,37 @@ def test_compare_resumes_after_an_interruption_keeping_what_finished(tmp_path, m
     assert rows["dpo"]["kl"] != 0 and "| dpo |" in result.output
     result = CliRunner().invoke(app, ["compare", str(config), "--out", str(tmp_path / "none"), "--resume"])
     assert isinstance(result.exception, AlignloopError) and "nothing to resume" in str(result.exception)
+
+
+def test_ppo_ptx_never_trains_on_the_documents_perplexity_is_measured_on(tmp_path, monkeypatch) -> None:
+    """The alignment-tax column would only say PPO-ptx saw the text if it trained on it: the corpus's last
+    ``ptx_heldout_fraction`` of documents is held out for perplexity, the rest is PPO-ptx's data."""
+    from alignloop import compare
+    from alignloop.train import ppo
+
+    config = _inputs(tmp_path, "[ppo_ptx]")
+    docs = [f"Document number {i} talks about rivers and hills." for i in range(8)]
+    (tmp_path / "ptx.txt").write_text("\n\n".join(docs) + "\n")
+    seen: dict[str, list] = {"trained": [], "measured": []}
+    real_train_ppo, real_perplexity = ppo.train_ppo, compare._perplexity
+
+    def train_ppo(*args, ptx_texts=None, **kwargs):
+        seen["trained"].append(list(ptx_texts))
+        return real_train_ppo(*args, ptx_texts=ptx_texts, **kwargs)
+
+    def perplexity(policy, corpus):
+        seen["measured"].append(list(corpus))
+        return real_perplexity(policy, corpus)
+
+    monkeypatch.setattr(ppo, "train_ppo", train_ppo)
+    monkeypatch.setattr(compare, "_perplexity", perplexity)
+    compare.run_compare(load_config(config, CompareConfig), tmp_path / "out")
+    assert seen["trained"] == [docs[:6]]  # 8 documents, a quarter held out
+    assert seen["measured"] == [docs[6:], docs[6:]]  # SFT and PPO-ptx
+    (tmp_path / "one.txt").write_text("Only one document.\n")
+    cfg = load_config(config, CompareConfig)
+    cfg.ptx_corpus = str(tmp_path / "one.txt")
+    with pytest.raises(AlignloopError, match="at least 2 are needed"):
+        compare.run_compare(cfg, tmp_path / "out2")
+    with pytest.raises(AlignloopError, match="ptx_heldout_fraction"):
+        compare.run_compare(dataclasses.replace(cfg, ptx_heldout_fraction=1.0), tmp_path / "out3")

@@ -18,7 +18,8 @@ From one SFT policy and one set of rankings, in the order the code runs it:
    seed); win rates against SFT by the gold judge and by the RM, with 95 % bootstrap intervals
    over prompts; KL to SFT: mean over a policy's own answers of log pi(y|x) - log pi_SFT(y|x)
    (temperature 1; best-of-N: the analytic log N - (N-1)/N); perplexity on ``ptx_corpus``
-   (the alignment tax; best-of-N keeps SFT's weights);
+   (the alignment tax, on the corpus's held-out last ``ptx_heldout_fraction`` of documents, which
+   PPO-ptx never trains on; best-of-N keeps SFT's weights);
 4. ``OUT/compare.json``, ``OUT/compare.md`` (one table, with what each method spent: policy
    samples, optimizer steps, wall time, and whether the budget stopped it) and ``OUT/compare.png``
    (gold win rate against KL and against wall time); ``alignloop report`` shows them.
@@ -69,7 +70,7 @@ def run_compare(
     rankings = read_jsonl(cfg.rankings, Ranking)
     eval_prompts = read_jsonl(cfg.eval_prompts, Prompt)
     prompts = read_jsonl(cfg.prompts, Prompt) if cfg.prompts else []
-    corpus = _corpus(cfg)
+    ptx_train, ptx_heldout = _corpus(cfg)
     if not rankings or not eval_prompts:
         raise AlignloopError("compare needs rankings and held-out prompts", "check the rankings and eval_prompts files")
 
@@ -85,7 +86,7 @@ def run_compare(
             info[method] = {"samples": None, "seconds": 0.0}
             continue
         info[method] = _stage(
-            out, method, lambda m=method: _timed_train(cfg, m, rankings, prompts, corpus, scorer, out), log
+            out, method, lambda m=method: _timed_train(cfg, m, rankings, prompts, ptx_train, scorer, out), log
         )
         spent = info[method]
         log(
@@ -105,7 +106,7 @@ def run_compare(
             )
             samples[method] = bon["answers"]
             info[method] |= {"seconds": bon["seconds"], "samples": bon["samples"]}  # best-of-N pays at inference
-    rows = _evaluate(cfg, out, ids, texts, samples, policies, GoldJudge(), scorer, corpus)
+    rows = _evaluate(cfg, out, ids, texts, samples, policies, GoldJudge(), scorer, ptx_heldout)
     for row in rows:
         row.update(info.get(row["method"], {}))
     _write(out, rows, rm["seconds"], dataclasses.asdict(cfg.budget))
@@ -206,12 +207,22 @@ def _timed_best_of_n(cfg: CompareConfig, texts: list[str], method: str, scorer) 
     }
 
 
-def _corpus(cfg: CompareConfig) -> list[str]:
+def _corpus(cfg: CompareConfig) -> tuple[list[str], list[str]]:
+    """``ptx_corpus`` split into PPO-ptx's training documents and the held-out last
+    ``ptx_heldout_fraction`` of them, on which perplexity is measured (both empty without a corpus)."""
     if not cfg.ptx_corpus:
-        return []
+        return [], []
     from alignloop.evaluate.alignment_tax import read_corpus
 
-    return read_corpus(cfg.ptx_corpus, cfg.max_ptx_documents)
+    docs = read_corpus(cfg.ptx_corpus, cfg.max_ptx_documents)
+    held = math.ceil(len(docs) * cfg.ptx_heldout_fraction)
+    if len(docs) - held < 1:
+        raise AlignloopError(
+            f"ptx_corpus: {cfg.ptx_corpus} has {len(docs)} document(s); at least 2 are needed "
+            "(some to train PPO-ptx on, the held-out rest for perplexity)",
+            "separate documents by a blank line",
+        )
+    return docs[: len(docs) - held], docs[len(docs) - held :]
 
 
 def _train(

@@ -617,6 +617,9 @@ class CompareConfig:
     budget: CompareBudget = field(default_factory=CompareBudget)  # the same policy samples, or the same wall time
     ptx_gamma: float = 1.0  # PPO-ptx's pretraining coefficient
     max_ptx_documents: int = 64  # documents of ptx_corpus read (training and perplexity)
+    # The last share of those documents is held out: perplexity (the alignment tax) is measured on it
+    # and PPO-ptx never trains on it, or PPO-ptx's perplexity would only say it saw the text.
+    ptx_heldout_fraction: float = 0.25
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
@@ -642,6 +645,8 @@ class CompareConfig:
                 raise ValueError(f"{name}: required (a path)")
         if any(m in ("ppo", "ppo_ptx", "rloo", "grpo", "rejection_ft") for m in self.methods) and not self.prompts:
             raise ValueError("prompts: the RL methods need a prompts file")
+        if not 0 < self.ptx_heldout_fraction < 1:
+            raise ValueError(f"ptx_heldout_fraction: must be in (0, 1), got {self.ptx_heldout_fraction}")
         if "ppo_ptx" in self.methods and not self.ptx_corpus:
             raise ValueError("ptx_corpus: ppo_ptx needs a pretraining-like corpus")
 

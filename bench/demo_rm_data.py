@@ -1,0 +1,87 @@
+"""Which ranking data gives the demo's reward model the best agreement with the gold utility?
+
+    .venv/bin/python bench/demo_rm_data.py --sft runs/demo/sft/best --out runs/rm-data \
+        [--variants p64_k4,p64_k6,p128_k4,p128_k4_e2]
+
+Samples 6 completions per prompt from the demo's SFT policy for the first 128 RM training prompts and
+for 48 more unseen RM training-user prompts (validation: the RM validation split has only 4 prompts),
+lets the simulated panel rank a variant's share (first n prompts, first K completions), trains the
+demo's reward model on it, and prints its agreement with the gold utility on every pair of the
+validation completions whose gold utilities differ. The demo's test prompts are never used, so a
+variant may be chosen by this figure. Variants: ``p{n}_k{K}`` (3 RM epochs, the demo's) and
+``p{n}_k{K}_e2`` (2 epochs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import re
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sft", required=True, help="the demo's SFT policy (a run's sft/best)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--variants", default="p64_k4,p64_k6,p128_k4,p128_k4_e2")
+    args = ap.parse_args()
+
+    from alignloop.data.builtin import builtin_prompts
+    from alignloop.data.pipeline import prepare
+    from alignloop.demo import demo_config, demonstrations, select_prompts
+    from alignloop.labelers import GoldJudge, SimulatedPanel
+    from alignloop.loop import sample_completions
+    from alignloop.models.reward import load_scorer
+    from alignloop.models.scoring import score_all
+    from alignloop.train.reward import train_reward_model
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = demo_config()
+    rm_train = prepare(builtin_prompts(), cfg.data).get("rm", "train")
+    train, val = rm_train[:128], rm_train[128:176]
+    gold = GoldJudge()
+    panel = SimulatedPanel(cfg.panel, gold)
+    demos = demonstrations(cfg, panel, select_prompts(cfg)["sft"])
+    cache = out / "samples.json"
+    if not cache.exists():
+        t0 = time.perf_counter()
+        drawn = sample_completions(args.sft, [p.text for p in train + val], 6, cfg.ranking_generation, 7)
+        cache.write_text(json.dumps(drawn))
+        print(f"sampled {len(drawn)} x 6 completions in {time.perf_counter() - t0:.0f} s", flush=True)
+    comps = json.loads(cache.read_text())
+    train_comps, val_comps = comps[: len(train)], comps[len(train) :]
+    val_gold = [gold.score_batch([p.text] * 6, c) for p, c in zip(val, val_comps, strict=True)]
+
+    def gold_agreement(scorer) -> tuple[float, int]:
+        agree = pairs = 0
+        for p, c, g in zip(val, val_comps, val_gold, strict=True):
+            s = score_all(scorer, [p.text] * 6, c)
+            for i, j in itertools.combinations(range(6), 2):
+                if g[i] != g[j]:
+                    pairs += 1
+                    agree += (s[i] - s[j]) * (g[i] - g[j]) > 0
+        return agree / pairs, pairs
+
+    print(f"{'variant':<12} {'RM s':>6} {'own val acc':>12} {'gold agreement':>15}", flush=True)
+    for name in args.variants.split(","):
+        m = re.fullmatch(r"p(\d+)_k(\d)(_e2)?", name)
+        if m is None:
+            raise SystemExit(f"--variants: {name!r} is not p<n>_k<K> or p<n>_k<K>_e2")
+        n, k = int(m[1]), int(m[2])
+        rm_cfg = dataclasses.replace(cfg.rm, epochs=2) if m[3] else cfg.rm
+        rankings = panel.rank_items([(p, c[:k]) for p, c in zip(train[:n], train_comps[:n], strict=True)])
+        t0 = time.perf_counter()
+        rm = train_reward_model(rm_cfg, rankings, out / name, demos=demos, overwrite=True, progress=False)
+        seconds = time.perf_counter() - t0
+        acc, pairs = gold_agreement(load_scorer(str(rm.model_dir)))
+        own = rm.val.get("val/accuracy")
+        print(f"{name:<12} {seconds:6.0f} {own:12.3f} {acc:15.3f}   ({pairs} validation pairs)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
