@@ -287,5 +287,6 @@ def test_ppo_ptx_never_trains_on_the_documents_perplexity_is_measured_on(tmp_pat
     cfg.ptx_corpus = str(tmp_path / "one.txt")
     with pytest.raises(AlignloopError, match="at least 2 are needed"):
         compare.run_compare(cfg, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()  # the bad input left nothing behind
     with pytest.raises(AlignloopError, match="ptx_heldout_fraction"):
         compare.run_compare(dataclasses.replace(cfg, ptx_heldout_fraction=1.0), tmp_path / "out3")

@@ -62,17 +62,18 @@ def run_compare(
         cfg.check_inputs()
     except ValueError as err:
         raise AlignloopError(f"compare config: {err}") from None
-    out = Path(out)
-    _open(cfg, out, resume)
-    if resume and (out / "compare.json").exists():
-        log(f"compare: {out} already finished; its table is kept")
-        return json.loads((out / "compare.json").read_text())["rows"]
+    # every input is read before OUT is touched: a bad file leaves no half-begun comparison behind
     rankings = read_jsonl(cfg.rankings, Ranking)
     eval_prompts = read_jsonl(cfg.eval_prompts, Prompt)
     prompts = read_jsonl(cfg.prompts, Prompt) if cfg.prompts else []
     ptx_train, ptx_heldout = _corpus(cfg)
     if not rankings or not eval_prompts:
         raise AlignloopError("compare needs rankings and held-out prompts", "check the rankings and eval_prompts files")
+    out = Path(out)
+    _open(cfg, out, resume)
+    if resume and (out / "compare.json").exists():
+        log(f"compare: {out} already finished; its table is kept")
+        return json.loads((out / "compare.json").read_text())["rows"]
 
     # 1. the reward model (kept when a resumed run had finished it)
     rm = _stage(out, "rm", lambda: _reward_model(cfg, rankings, out / "rm"), log)
