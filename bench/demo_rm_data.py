@@ -1,15 +1,17 @@
 """Which ranking data gives the demo's reward model the best agreement with the gold utility?
 
     .venv/bin/python bench/demo_rm_data.py --sft runs/demo/sft/best --out runs/rm-data \
-        [--variants p64_k4,p64_k6,p128_k4,p128_k4_e2]
+        [--variants p64_k4,p64_k6,p128_k4,p128_k4_e2,p64_k4:epochs=1:lr=2e-5:seed=1]
 
 Samples 6 completions per prompt from the demo's SFT policy for the first 128 RM training prompts and
 for 48 more unseen RM training-user prompts (validation: the RM validation split has only 4 prompts),
 lets the simulated panel rank a variant's share (first n prompts, first K completions), trains the
 demo's reward model on it, and prints its agreement with the gold utility on every pair of the
 validation completions whose gold utilities differ. The demo's test prompts are never used, so a
-variant may be chosen by this figure. Variants: ``p{n}_k{K}`` (3 RM epochs, the demo's) and
-``p{n}_k{K}_e2`` (2 epochs).
+variant may be chosen by this figure. Variants: ``p{n}_k{K}`` (the demo's RM config), ``p{n}_k{K}_e2``
+(2 epochs), each optionally followed by ``:field=value`` overrides of the demo's RMConfig (numbers
+and strings, e.g. ``:lr=2e-5:seed=1``; ``:overlap=2``: each ranking
+by 2 labelers), so one run can show the spread over RM seeds too.
 """
 
 from __future__ import annotations
@@ -67,20 +69,39 @@ def main() -> None:
                     agree += (s[i] - s[j]) * (g[i] - g[j]) > 0
         return agree / pairs, pairs
 
-    print(f"{'variant':<12} {'RM s':>6} {'own val acc':>12} {'gold agreement':>15}", flush=True)
+    print(f"{'variant':<34} {'RM s':>6} {'own val acc':>12} {'gold agreement':>15}", flush=True)
     for name in args.variants.split(","):
-        m = re.fullmatch(r"p(\d+)_k(\d)(_e2)?", name)
+        m = re.fullmatch(r"p(\d+)_k(\d)(_e2)?((?::\w+=[^:]+)*)", name)
         if m is None:
-            raise SystemExit(f"--variants: {name!r} is not p<n>_k<K> or p<n>_k<K>_e2")
+            raise SystemExit(f"--variants: {name!r} is not p<n>_k<K>[_e2][:field=value...]")
         n, k = int(m[1]), int(m[2])
         rm_cfg = dataclasses.replace(cfg.rm, epochs=2) if m[3] else cfg.rm
-        rankings = panel.rank_items([(p, c[:k]) for p, c in zip(train[:n], train_comps[:n], strict=True)])
+        overrides = dict(kv.split("=", 1) for kv in m[4].split(":")[1:])
+        overlap = int(overrides.pop("overlap", 1))  # labelers per ranking (the panel's, not the RM's)
+        try:
+            rm_cfg = dataclasses.replace(rm_cfg, **{f: _value(v) for f, v in overrides.items()})
+        except TypeError as err:
+            raise SystemExit(f"--variants {name!r}: {err}") from None
+        items = [(p, c[:k]) for p, c in zip(train[:n], train_comps[:n], strict=True)]
+        rankings = panel.rank_items(items, overlap)
         t0 = time.perf_counter()
-        rm = train_reward_model(rm_cfg, rankings, out / name, demos=demos, overwrite=True, progress=False)
+        rm = train_reward_model(
+            rm_cfg, rankings, out / name.replace(":", "_"), demos=demos, overwrite=True, progress=False
+        )
         seconds = time.perf_counter() - t0
         acc, pairs = gold_agreement(load_scorer(str(rm.model_dir)))
         own = rm.val.get("val/accuracy")
-        print(f"{name:<12} {seconds:6.0f} {own:12.3f} {acc:15.3f}   ({pairs} validation pairs)", flush=True)
+        print(f"{name:<34} {seconds:6.0f} {own:12.3f} {acc:15.3f}   ({pairs} validation pairs)", flush=True)
+
+
+def _value(text: str) -> int | float | str:
+    """A ``field=value`` override's value: an int, a float, or the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 if __name__ == "__main__":
