@@ -11,7 +11,7 @@ validation completions whose gold utilities differ. The demo's test prompts are 
 variant may be chosen by this figure. Variants: ``p{n}_k{K}`` (the demo's RM config), ``p{n}_k{K}_e2``
 (2 epochs), each optionally followed by ``:field=value`` overrides of the demo's RMConfig (numbers
 and strings, e.g. ``:lr=2e-5:seed=1``; ``:overlap=2``: each ranking
-by 2 labelers), so one run can show the spread over RM seeds too.
+by 2 labelers; ``:model=PATH``: another RM base, e.g. the SFT policy), so one run can show the spread over RM seeds too.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--variants", default="p64_k4,p64_k6,p128_k4,p128_k4_e2")
     args = ap.parse_args()
 
+    from alignloop.config import ModelConfig
     from alignloop.data.builtin import builtin_prompts
     from alignloop.data.pipeline import prepare
     from alignloop.demo import demo_config, demonstrations, select_prompts
@@ -79,15 +80,17 @@ def main() -> None:
         overrides = dict(kv.split("=", 1) for kv in m[4].split(":")[1:])
         overlap = int(overrides.pop("overlap", 1))  # labelers per ranking (the panel's, not the RM's)
         try:
-            rm_cfg = dataclasses.replace(rm_cfg, **{f: _value(v) for f, v in overrides.items()})
+            fields = {f: _value(v) for f, v in overrides.items()}
+            if "model" in overrides:  # a model name or folder, e.g. the SFT policy for a causal RM
+                fields["model"] = ModelConfig(name=overrides["model"])
+            rm_cfg = dataclasses.replace(rm_cfg, **fields)
         except TypeError as err:
             raise SystemExit(f"--variants {name!r}: {err}") from None
         items = [(p, c[:k]) for p, c in zip(train[:n], train_comps[:n], strict=True)]
         rankings = panel.rank_items(items, overlap)
         t0 = time.perf_counter()
-        rm = train_reward_model(
-            rm_cfg, rankings, out / name.replace(":", "_"), demos=demos, overwrite=True, progress=False
-        )
+        folder = out / name.replace(":", "_").replace("/", "_")
+        rm = train_reward_model(rm_cfg, rankings, folder, demos=demos, overwrite=True, progress=False)
         seconds = time.perf_counter() - t0
         acc, pairs = gold_agreement(load_scorer(str(rm.model_dir)))
         own = rm.val.get("val/accuracy")

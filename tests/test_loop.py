@@ -46,6 +46,9 @@ def test_loop_config_validation_names_the_field(tmp_path) -> None:
     p.write_text("k: 12\n")
     with pytest.raises(AlignloopError, match="field 'k'"):
         load_config(p)
+    p.write_text("rm_init: policy\n")
+    with pytest.raises(AlignloopError, match="rm_init"):
+        load_config(p)
 
 
 def test_stop_threshold_ends_the_loop_only_when_the_win_rate_reaches_it() -> None:
@@ -66,6 +69,7 @@ def test_tiny_demo_runs_the_whole_loop_and_stops_at_threshold(tmp_path) -> None:
     # any win rate reaches 0: the loop must take the early stop after round 1 (which rates reach which
     # threshold is the unit test above)
     cfg.rounds, cfg.stop_threshold = 2, 0.0
+    cfg.rm_init = "sft"  # the paper's RM start (the default, rm.model, runs in the service test below)
     cfg.n_sft_prompts, cfg.n_rm_prompts, cfg.n_ppo_prompts = 8, 6, 16
     cfg.sft = replace(cfg.sft, epochs=1)
     cfg.rm = replace(cfg.rm, epochs=1)
@@ -87,6 +91,8 @@ def test_tiny_demo_runs_the_whole_loop_and_stops_at_threshold(tmp_path) -> None:
     rankings = read_jsonl(out / "round-1" / "rankings.jsonl", Ranking)
     assert len(rankings) == 6 and all(r.k == cfg.k for r in rankings)
     assert (out / "round-1" / "rm" / "model").is_dir() and (out / "round-1" / "ppo" / "metrics.jsonl").exists()
+    rm_info = json.loads((out / "round-1" / "rm" / "model" / "reward_config.json").read_text())
+    assert rm_info["kind"] == "causal" and rm_info["base_model"] == str(result.sft_dir)
     rate = result.win_rate["win_rates"]["ppo"]
     assert rate["n"] == 4 * 2 and rate["ci_low"] <= rate["rate"] <= rate["ci_high"]
     summary = json.loads((out / "summary.json").read_text())

@@ -453,9 +453,11 @@ class _Run:
         rm_dir = rdir / "rm"
         resume = can_resume(rm_dir)  # else killed before its first checkpoint: start it over
         rankings = read_jsonl(rdir / "rankings.jsonl", Ranking)
-        rm = train_reward_model(
-            self.cfg.rm, rankings, rm_dir, demos=self.demos() or None, resume=resume, overwrite=not resume
-        )
+        rm_cfg = self.cfg.rm
+        if self.cfg.rm_init == "sft":  # the paper's RM: the SFT policy minus its unembedding layer
+            rm_cfg = replace(rm_cfg, model=replace(rm_cfg.model, name=self.state.data["sft_policy"]))
+        rm = train_reward_model(rm_cfg, rankings, rm_dir, demos=self.demos() or None, resume=resume,
+                                overwrite=not resume)  # fmt: skip
         rnd["metrics"]["rm_accuracy"] = rm.val.get("val/accuracy")
         held = read_jsonl(rdir / "rankings_held_out_group.jsonl", Ranking)
         if held:
