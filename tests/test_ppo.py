@@ -272,8 +272,25 @@ def test_shallow_value_model_keeps_the_first_layers_of_the_policy_trunk() -> Non
     assert trunk.layers[0].self_attn.q_proj.weight is not policy.model.layers[0].self_attn.q_proj.weight
     res = trainer.train()
     assert res.metrics[-1]["value_loss"] > 0 and trunk.config.num_hidden_layers == 1
-    with pytest.raises(AlignloopError, match="value_layers: the policy has 2 layers"):
+    with pytest.raises(AlignloopError, match="value_layers: the trunk has 2 layers"):
         PPOTrainer(small(value_layers=3), "tiny", letter_e(), PROMPTS, None, progress=False)
+
+
+def test_shallow_value_model_from_a_causal_reward_model_keeps_its_first_layers() -> None:
+    from alignloop.models.reward import RewardScorer, init_reward_model
+
+    rm, rm_tok = init_reward_model("tiny")
+    rm.info.bias = 0.3
+    first_block = {k: v.clone() for k, v in rm.backbone.layers[0].state_dict().items()}
+    trainer = PPOTrainer(small(value_layers=1), "tiny", RewardScorer(rm, rm_tok), PROMPTS, None, progress=False)
+    value = trainer.unwrapped_value
+    assert len(value.trunk.layers) == 1 and len(rm.backbone.layers) == 2  # the RM keeps its layers
+    assert all(torch.equal(v, first_block[k]) for k, v in value.trunk.layers[0].state_dict().items())
+    assert float(value.head.weight.abs().sum()) == 0 and float(value.head.bias) == pytest.approx(0.3)
+    res = trainer.train()
+    assert res.metrics[-1]["value_loss"] > 0 and float(value.head.weight.abs().sum()) > 0
+    with pytest.raises(AlignloopError, match="value_layers: the trunk has 2 layers"):
+        PPOTrainer(small(value_layers=3), "tiny", RewardScorer(rm, rm_tok), PROMPTS, None, progress=False)
 
 
 def test_concurrent_passes_give_exactly_the_sequential_result() -> None:

@@ -316,7 +316,7 @@ class PPOConfig:
     value_lora_r: int = 0  # value model LoRA rank: 0 = train the separate copy in full (shared: 16 when 0)
     value_lora_alpha: int = 32  # value model LoRA alpha (with value_lora_r > 0 or a shared value model)
     value_lr: float = 0.0  # 0 = same as lr
-    value_layers: int = 0  # value model from the policy trunk: keep its first N layers (0 = all)
+    value_layers: int = 0  # the value trunk (copy of the RM's or policy's) keeps its first N layers (0 = all)
     whiten_advantages: bool = True
     score_norm: bool = False  # running mean/std normalisation of the RM score before the EOS penalty
     lr_schedule: str = "constant"  # "constant" | "linear" (decay to 0 over the run)

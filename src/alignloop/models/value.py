@@ -80,7 +80,13 @@ def value_compatibility(rm: Any, policy_tokenizer: Any, rm_tokenizer: Any) -> st
 
 
 def value_from_reward_model(
-    rm: Any, *, shared: bool = False, lora_r: int = 0, lora_alpha: int = 32, target_modules: str = "all-linear"
+    rm: Any,
+    *,
+    shared: bool = False,
+    lora_r: int = 0,
+    lora_alpha: int = 32,
+    target_modules: str = "all-linear",
+    layers: int = 0,
 ) -> ValueModel:
     """A value model initialised from reward model ``rm`` (trunk and head).
 
@@ -88,8 +94,18 @@ def value_from_reward_model(
     frozen copy with LoRA adapters of rank ``lora_r``. ``shared=True`` injects LoRA adapters
     (rank ``lora_r``, 16 when 0) into ``rm.backbone`` itself: no copy at all; the adapters are
     switched on only inside :meth:`ValueModel.forward`, so the RM keeps scoring with its own weights.
+
+    ``layers`` > 0 (separate only) keeps the first ``layers`` blocks of the copy, as
+    :func:`value_from_policy` does and for the same reason (a causal RM is as large as the policy).
+    The RM head reads the last block's features, not those of block ``layers``, so such a value
+    starts from a zero head weight: V = the normalised RM bias, a demonstration's typical score.
     """
     head = _head_from_reward_model(rm)
+    if not shared and layers > 0:
+        with torch.no_grad():
+            head.weight.zero_()
+        trunk = _first_layers(rm.backbone, layers)
+        return ValueModel(_trainable_trunk(trunk, lora_r, lora_alpha, target_modules), head)
     if not shared:
         # Every layer is copied except the token embeddings, which stay shared with the frozen RM:
         # a value function reads inputs through them and needs no new ones, and sharing saves a
@@ -138,7 +154,7 @@ def _first_layers(decoder: nn.Module, n: int) -> nn.Module:
         raise ValueError(f"value_layers: cannot find the block list of {type(decoder).__name__}")
     blocks = getattr(decoder, name)
     if n > len(blocks):
-        raise ValueError(f"value_layers: the policy has {len(blocks)} layers, asked for {n}")
+        raise ValueError(f"value_layers: the trunk has {len(blocks)} layers, asked for {n}")
     dropped = {id(b): None for b in blocks[n:]}  # deepcopy's memo: skip the dropped blocks
     trunk = copy.deepcopy(decoder, memo=dropped)
     setattr(trunk, name, nn.ModuleList(list(getattr(trunk, name))[:n]))

@@ -78,7 +78,11 @@ def build_models(
     elif why is None:
         shared = cfg.value_model == "shared"
         lora_r = cfg.value_lora_r or (SHARED_VALUE_LORA_R if shared else 0)
-        value = value_from_reward_model(rm, shared=shared, lora_r=lora_r, **lora)
+        layers = 0 if shared else cfg.value_layers
+        try:
+            value = value_from_reward_model(rm, shared=shared, lora_r=lora_r, layers=layers, **lora)
+        except ValueError as err:
+            raise AlignloopError(f"ppo config: {err}") from None
     else:
         notes.append(f"value model initialised from the policy trunk with a zero head: {why}")
         lora_r = cfg.value_lora_r or (SHARED_VALUE_LORA_R if cfg.value_model == "shared" else 0)
