@@ -98,12 +98,15 @@ def value_from_reward_model(
     ``layers`` > 0 (separate only) keeps the first ``layers`` blocks of the copy, as
     :func:`value_from_policy` does and for the same reason (a causal RM is as large as the policy).
     The RM head reads the last block's features, not those of block ``layers``, so such a value
-    starts from a zero head weight: V = the normalised RM bias, a demonstration's typical score.
+    starts from a zero head, V = 0: the normalised score of a typical demonstration. (Keeping the
+    head's normalisation bias without its weight would start V far from every return, and GAE
+    would turn that offset into advantages that grow towards each answer's end: PPO learns to stop.)
     """
     head = _head_from_reward_model(rm)
     if not shared and layers > 0:
         with torch.no_grad():
             head.weight.zero_()
+            head.bias.zero_()
         trunk = _first_layers(rm.backbone, layers)
         return ValueModel(_trainable_trunk(trunk, lora_r, lora_alpha, target_modules), head)
     if not shared:
