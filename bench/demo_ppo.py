@@ -51,6 +51,7 @@ def main() -> None:
     from alignloop.loop import sample_completions
     from alignloop.models.reward import load_scorer
     from alignloop.train.ppo import train_ppo
+    from demo_rm_data import override_value  # this folder is on sys.path when a script of it runs
 
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,7 @@ def main() -> None:
         overrides = {} if name == "base" else dict(kv.split("=", 1) for kv in name.split(":"))
         rm = overrides.pop("rm", str(run / "round-1" / "rm" / "model"))
         fields = {"seed": cfg.ppo.seed + cfg.round_seed_stride}  # round 1's, as the demo
-        fields.update({f: _value(v) for f, v in overrides.items()})
+        fields.update({f: override_value(v) for f, v in overrides.items()})
         try:
             ppo_cfg = dataclasses.replace(cfg.ppo, **fields)
         except TypeError as err:
@@ -102,18 +103,6 @@ def main() -> None:
         ci = f"[{rate['ci_low']:.1%}, {rate['ci_high']:.1%}]"
         print(f"{name:<40} {seconds:6.0f} {row['kl']:5.2f} {row['train_gold_last4']:20.3f} "
               f"{rate['rate']:9.1%} {ci:>14} {val_gold:8.3f}", flush=True)  # fmt: skip
-
-
-def _value(text: str) -> int | float | str | bool:
-    """A ``field=value`` override's value: a bool, an int, a float, or the text itself."""
-    if text in ("true", "false"):
-        return text == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def main() -> None:
         overrides = dict(kv.split("=", 1) for kv in m[4].split(":")[1:])
         overlap = int(overrides.pop("overlap", 1))  # labelers per ranking (the panel's, not the RM's)
         try:
-            fields = {f: _value(v) for f, v in overrides.items()}
+            fields = {f: override_value(v) for f, v in overrides.items()}
             if "model" in overrides:  # a model name or folder, e.g. the SFT policy for a causal RM
                 fields["model"] = ModelConfig(name=overrides["model"])
             rm_cfg = dataclasses.replace(rm_cfg, **fields)
@@ -97,8 +97,10 @@ def main() -> None:
         print(f"{name:<34} {seconds:6.0f} {own:12.3f} {acc:15.3f}   ({pairs} validation pairs)", flush=True)
 
 
-def _value(text: str) -> int | float | str:
-    """A ``field=value`` override's value: an int, a float, or the text itself."""
+def override_value(text: str) -> bool | int | float | str:
+    """A ``field=value`` override's value: a bool, an int, a float, or the text itself."""
+    if text in ("true", "false"):
+        return text == "true"
     for kind in (int, float):
         try:
             return kind(text)
