@@ -51,6 +51,7 @@ def main() -> None:
     from alignloop.loop import sample_completions
     from alignloop.models.reward import load_scorer
     from alignloop.train.ppo import train_ppo
+    from alignloop.train.runlog import read_metrics
     from demo_rm_data import override_value  # this folder is on sys.path when a script of it runs
 
     run, out = Path(args.run), Path(args.out)
@@ -90,7 +91,7 @@ def main() -> None:
         result = train_ppo(ppo_cfg, sft, load_scorer(rm), ppo_prompts, folder, extra_scorers={"gold": gold},
                            overwrite=True)  # fmt: skip
         seconds = time.perf_counter() - t0
-        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(folder)
         samples = {"sft": sft_samples, "ppo": sample_completions(str(result.policy_dir), texts, k, gen, cfg.eval_seed)}
         wr = evaluate_win_rates(ScoreJudge(gold, "gold"), [p.id for p in val], texts, samples, "sft",
                                 n_bootstrap=cfg.eval.bootstrap, seed=cfg.eval_seed)  # fmt: skip

@@ -102,13 +102,10 @@ def value_from_reward_model(
     head's normalisation bias without its weight would start V far from every return, and GAE
     would turn that offset into advantages that grow towards each answer's end: PPO learns to stop.)
     """
-    head = _head_from_reward_model(rm)
     if not shared and layers > 0:
-        with torch.no_grad():
-            head.weight.zero_()
-            head.bias.zero_()
-        trunk = _first_layers(rm.backbone, layers)
-        return ValueModel(_trainable_trunk(trunk, lora_r, lora_alpha, target_modules), head)
+        trunk = _trainable_trunk(_first_layers(rm.backbone, layers), lora_r, lora_alpha, target_modules)
+        return ValueModel(trunk, _zero_head(trunk))
+    head = _head_from_reward_model(rm)
     if not shared:
         # Every layer is copied except the token embeddings, which stay shared with the frozen RM:
         # a value function reads inputs through them and needs no new ones, and sharing saves a
@@ -143,11 +140,15 @@ def value_from_policy(
     else:
         decoder = copy.deepcopy(decoder)
     trunk = _trainable_trunk(decoder, lora_r, lora_alpha, target_modules)
-    dtype = next(trunk.parameters()).dtype
-    head = nn.Linear(base.config.hidden_size, 1, dtype=dtype)
+    return ValueModel(trunk, _zero_head(trunk))
+
+
+def _zero_head(trunk: nn.Module) -> nn.Linear:
+    """A value head that outputs 0 whatever the features (V = 0 at the start), in the trunk's dtype."""
+    head = nn.Linear(trunk.config.hidden_size, 1, dtype=next(trunk.parameters()).dtype)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    return ValueModel(trunk, head)
+    return head
 
 
 def _first_layers(decoder: nn.Module, n: int) -> nn.Module:
