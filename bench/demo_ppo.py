@@ -78,7 +78,10 @@ def main() -> None:
     for name in args.variants.split(","):
         if name in done:
             continue
-        overrides = {} if name == "base" else dict(kv.split("=", 1) for kv in name.split(":"))
+        pairs = [] if name == "base" else [kv.split("=", 1) for kv in name.split(":")]
+        if any(len(kv) != 2 for kv in pairs):
+            raise SystemExit(f"--variants {name!r}: not base or field=value[:field=value...]")
+        overrides = dict(pairs)
         rm = overrides.pop("rm", str(run / "round-1" / "rm" / "model"))
         fields = {"seed": cfg.ppo.seed + cfg.round_seed_stride}  # round 1's, as the demo
         fields.update({f: override_value(v) for f, v in overrides.items()})
