@@ -6,7 +6,8 @@
 Starts from a finished demo run (``alignloop demo --out RUN``): its SFT policy and its round-1 reward
 model. Each variant runs PPO with the demo's PPOConfig plus the variant's ``field=value`` overrides
 (``:``-separated; ``base`` = none; ``rm=PATH`` takes another reward model, e.g. one trained by
-bench/demo_rm_data.py) on the demo's PPO prompts, then is judged against the SFT policy by the gold
+bench/demo_rm_data.py, ``rm=gold`` the gold utility as an oracle; dotted names reach nested configs,
+``distributed.dtype=bf16``) on the demo's PPO prompts, then is judged against the SFT policy by the gold
 utility exactly as the demo judges (4 samples per prompt at the evaluation's generation settings and
 seed, bootstrap interval over prompts), but on 96 *validation* prompts: RM training-user prompts that
 the demo never ranks (the demo ranks the first 64). The demo's test prompts are never used, so a
@@ -86,12 +87,13 @@ def main() -> None:
         fields = {"seed": cfg.ppo.seed + cfg.round_seed_stride}  # round 1's, as the demo
         fields.update({f: override_value(v) for f, v in overrides.items()})
         try:
-            ppo_cfg = dataclasses.replace(cfg.ppo, **fields)
+            ppo_cfg = replace_fields(cfg.ppo, fields)
         except TypeError as err:
             raise SystemExit(f"--variants {name!r}: {err}") from None
+        scorer = GoldScorer(gold) if rm == "gold" else load_scorer(rm)
         folder = out / name.replace(":", "_").replace("/", "_").replace("=", "-")
         t0 = time.perf_counter()
-        result = train_ppo(ppo_cfg, sft, load_scorer(rm), ppo_prompts, folder, extra_scorers={"gold": gold},
+        result = train_ppo(ppo_cfg, sft, scorer, ppo_prompts, folder, extra_scorers={"gold": gold},
                            overwrite=True)  # fmt: skip
         seconds = time.perf_counter() - t0
         rows = read_metrics(folder)
@@ -107,6 +109,30 @@ def main() -> None:
         ci = f"[{rate['ci_low']:.1%}, {rate['ci_high']:.1%}]"
         print(f"{name:<40} {seconds:6.0f} {row['kl']:5.2f} {row['train_gold_last4']:20.3f} "
               f"{rate['rate']:9.1%} {ci:>14} {val_gold:8.3f}", flush=True)  # fmt: skip
+
+
+def replace_fields(obj, fields: dict):
+    """``dataclasses.replace`` that also takes dotted names of nested configs (``distributed.dtype``)."""
+    nested: dict[str, dict] = {}
+    for key, value in fields.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+    plain = {k: v for k, v in fields.items() if "." not in k}
+    plain.update({head: replace_fields(getattr(obj, head), sub) for head, sub in nested.items()})
+    return dataclasses.replace(obj, **plain)
+
+
+class GoldScorer:
+    """The gold utility as PPO's reward (an oracle reward model: how far can PPO go in this budget?),
+    as 10 * (U - 0.7): its spread (~0.1) and mean (SFT's ~0.7) scaled and shifted to a trained reward
+    model's (~1 and ~0), since the value model starts at 0 and an offset would skew the advantages."""
+
+    def __init__(self, gold) -> None:
+        self.gold = gold
+
+    def score_batch(self, prompts: list[str], completions: list[str]) -> list[float]:
+        return [10.0 * (u - 0.7) for u in self.gold.score_batch(prompts, completions)]
 
 
 if __name__ == "__main__":

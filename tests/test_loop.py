@@ -61,10 +61,15 @@ def test_stop_threshold_ends_the_loop_only_when_the_win_rate_reaches_it() -> Non
 
 
 @pytest.mark.slow
-def test_tiny_demo_runs_the_whole_loop_and_stops_at_threshold(tmp_path) -> None:
+def test_tiny_demo_runs_the_whole_loop_and_stops_at_threshold(tmp_path, monkeypatch) -> None:
+    import alignloop.models as models
     from alignloop.demo import demo_config, run_demo
 
+    loads: list[tuple[str, str]] = []  # (policy, weights dtype) of every sampling-only load
+    real_load = models.load_policy
+    monkeypatch.setattr(models, "load_policy", lambda p, d="float32", *a: loads.append((p, d)) or real_load(p, d, *a))
     cfg = demo_config(tiny=True)
+    cfg.sampling_dtype = "bfloat16"  # what the demo picks on a CPU with native bf16
     cfg.out_dir = str(tmp_path / "demo")
     # any win rate reaches 0: the loop must take the early stop after round 1 (which rates reach which
     # threshold is the unit test above)
@@ -93,6 +98,9 @@ def test_tiny_demo_runs_the_whole_loop_and_stops_at_threshold(tmp_path) -> None:
     assert (out / "round-1" / "rm" / "model").is_dir() and (out / "round-1" / "ppo" / "metrics.jsonl").exists()
     rm_info = json.loads((out / "round-1" / "rm" / "model" / "reward_config.json").read_text())
     assert rm_info["kind"] == "causal" and rm_info["base_model"] == str(result.sft_dir)
+    sampled = {p for p, d in loads if d == "bfloat16"}  # ranking candidates and both evaluated policies
+    assert {str(result.sft_dir), str(result.final_policy)} <= sampled
+    assert all(d == "bfloat16" for p, d in loads if p in sampled)
     rate = result.win_rate["win_rates"]["ppo"]
     assert rate["n"] == 4 * 2 and rate["ci_low"] <= rate["rate"] <= rate["ci_high"]
     summary = json.loads((out / "summary.json").read_text())

@@ -152,3 +152,32 @@ def test_cli_dtype_option_reaches_the_run_config(tmp_path) -> None:
     assert saved.distributed.dtype == "bf16" and saved.distributed.gradient_checkpointing
     bad = CliRunner().invoke(app, [*args[:4], str(tmp_path / "run2"), *args[5:], "--dtype", "fp8"])
     assert bad.exit_code != 0 and "distributed.dtype" in str(bad.exception)
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch) -> None:
+    from alignloop.train.distributed import native_bf16
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    zen5 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+    sapphire = "flags\t: avx2 avx512f amx_tile amx_bf16\n"
+    older = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f\nbugs\t\t: avx512_bf16_is_not_a_flag_here\n"
+    assert native_bf16(zen5) and native_bf16(sapphire)
+    assert not native_bf16(older) and not native_bf16("no flags line at all")
+
+
+def test_demo_uses_bf16_where_the_cpu_has_it_and_fp32_elsewhere(monkeypatch) -> None:
+    import alignloop.train.distributed as dist
+    from alignloop.config import LoopConfig
+    from alignloop.demo import demo_config
+
+    for native in (True, False):
+        monkeypatch.setattr(dist, "native_bf16", lambda native=native: native)
+        cfg = demo_config()
+        want = "bf16" if native else "fp32"
+        assert [s.distributed.dtype for s in (cfg.sft, cfg.rm, cfg.ppo)] == [want] * 3
+        assert cfg.sample_weights_dtype == ("bfloat16" if native else "float32")
+        assert cfg.policy.dtype == cfg.sft.model.dtype == "float32"  # training weights stay fp32
+        tiny = demo_config(tiny=True)  # the tests' model: the same numbers on every machine
+        assert tiny.ppo.distributed.dtype == "fp32" and tiny.sample_weights_dtype == "float32"
+    with pytest.raises(ValueError, match="sampling_dtype"):
+        LoopConfig(sampling_dtype="bf16").validate()

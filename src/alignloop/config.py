@@ -513,6 +513,10 @@ class LoopConfig:
     # the training time.
     rm_init: str = "config"
     eval_seed: int = 12345
+    # Weights dtype of the models that only sample (ranking candidates, evaluation answers): "" = policy.dtype.
+    # "bfloat16" samples ~3x faster on a CPU with native bf16 (AVX512-BF16/AMX), and both policies of a
+    # win rate are sampled alike; training keeps fp32 weights whatever this says.
+    sampling_dtype: str = ""
     # The loop as a persisted state machine (OUT/loop.json), with people on the feedback service.
     reference: str = "sft"  # KL reference of every round's PPO: "sft" (pi_SFT, as the paper) | "previous"
     judge: str = "auto"  # who decides: auto (labelers with the service, gold with the panel) | human | rm | gold
@@ -532,7 +536,14 @@ class LoopConfig:
     eval_overlap: int = 1  # labelers per evaluation item on the service
     feedback_token_env: str = "ALIGNLOOP_FEEDBACK_TOKEN"  # environment variable holding an admin API token
 
+    @property
+    def sample_weights_dtype(self) -> str:
+        """The weights dtype for sampling-only model loads: ``sampling_dtype``, else the policy's."""
+        return self.sampling_dtype or self.policy.dtype
+
     def validate(self) -> None:
+        if self.sampling_dtype not in ("", "float32", "bfloat16", "float16"):
+            raise ValueError(f"sampling_dtype: must be empty, float32, bfloat16 or float16, got {self.sampling_dtype!r}")
         if self.rm_init not in ("config", "sft"):
             raise ValueError(f"rm_init: must be config or sft, got {self.rm_init!r}")
         if self.reference not in ("sft", "previous"):

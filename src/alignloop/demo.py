@@ -24,6 +24,8 @@ from alignloop.errors import AlignloopError
 
 def demo_config(tiny: bool = False) -> LoopConfig:
     """The demo's defaults: SmolLM2-135M policy with LoRA PPO, MiniLM reward model, one round."""
+    from alignloop.train.distributed import native_bf16  # imports torch: not at the CLI's start
+
     cfg = LoopConfig(out_dir="runs/demo-tiny" if tiny else "runs/demo")
     name = "tiny" if tiny else "smollm2-135m-instruct"
     cfg.policy = ModelConfig(name=name)
@@ -68,6 +70,13 @@ def demo_config(tiny: bool = False) -> LoopConfig:
         generation=replace(cfg.eval.generation, max_new_tokens=32 if not tiny else 16, temperature=0.7, batch_size=64),
     )
     cfg.ranking_generation = replace(cfg.ranking_generation, max_new_tokens=32 if not tiny else 16, batch_size=64)
+    if not tiny and native_bf16():
+        # Where the hardware multiplies bf16 natively (AVX512-BF16/AMX CPUs, GPUs), training runs under bf16
+        # autocast over fp32 weights and sampling-only loads hold bf16 weights: ~1.6x faster PPO, ~3x faster
+        # sampling (docs/NOTES.md, session 7). Elsewhere bf16 is emulated and slower, so fp32 stays.
+        for stage in (cfg.sft, cfg.rm, cfg.ppo):
+            stage.distributed = replace(stage.distributed, dtype="bf16")
+        cfg.sampling_dtype = "bfloat16"
     cfg.k = 4
     cfg.n_sft_prompts = 64 if not tiny else 32
     cfg.n_rm_prompts = 64 if not tiny else 24
@@ -114,7 +123,7 @@ def demonstrations(cfg: LoopConfig, panel: Any, prompts: list[Prompt]) -> list[D
     from alignloop.loop import sample_completions
 
     texts, k = [p.text for p in prompts], cfg.demonstration_candidates
-    cands = sample_completions(cfg.policy.name, texts, k, cfg.ranking_generation, cfg.ppo.seed)
+    cands = sample_completions(cfg.policy.name, texts, k, cfg.ranking_generation, cfg.ppo.seed, cfg.sample_weights_dtype)
     return [panel.demonstrate(p, c) for p, c in zip(prompts, cands, strict=True)]
 
 
@@ -188,7 +197,7 @@ def run_demo(cfg: LoopConfig, log=print, client: Any = None) -> DemoResult:
             cfg.eval.generation,
             cfg.eval_seed,
             cfg.eval.bootstrap,
-            cfg.policy.dtype,
+            cfg.sample_weights_dtype,
         )
     write_result(
         out / "eval",

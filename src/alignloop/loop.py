@@ -406,7 +406,7 @@ class _Run:
         prompts, cfg = self.rm_prompts(rnd), self.cfg
         self.log(f"round {rnd['index']}: sampling {cfg.k} completions for {len(prompts)} prompts from {rnd['policy']}")
         comps = sample_completions(rnd["policy"], [p.text for p in prompts], cfg.k, cfg.ranking_generation,
-                                   self.seed(rnd), cfg.policy.dtype, "sampling")  # fmt: skip
+                                   self.seed(rnd), cfg.sample_weights_dtype, "sampling")  # fmt: skip
         rows = [{"prompt_id": p.id, "prompt": p.text, "completions": c} for p, c in zip(prompts, comps, strict=True)]
         write_jsonl(self.rdir(rnd) / "samples.jsonl", rows)
         return "collect"

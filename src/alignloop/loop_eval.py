@@ -60,7 +60,7 @@ def _load_or_sample(run: Any, rnd: dict[str, Any], prompts: list, policies: dict
             cfg.eval.samples_per_prompt,
             cfg.eval.generation,
             cfg.eval_seed,
-            cfg.policy.dtype,
+            cfg.sample_weights_dtype,
             progress=f"evaluating {name}",
         )  # fmt: skip
         for name, policy in policies.items()

@@ -86,6 +86,32 @@ def on_cuda(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
+#: CPU instruction sets with bf16 matrix products in hardware (Linux /proc/cpuinfo flag names).
+NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether bf16 autocast makes this machine's matrix products faster rather than slower.
+
+    True on a GPU that supports bf16, and on a CPU whose flags include AVX512-BF16 or AMX-BF16
+    (there bf16 products run ~2-4x faster than fp32 ones; without them bf16 is emulated and
+    slower). Deterministic per machine, unlike a timing probe. ``cpuinfo``: the text of
+    /proc/cpuinfo (read when None; a system without it counts as no native bf16)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return bool(NATIVE_BF16_CPU_FLAGS & set(value.split()))
+    return False
+
+
 class Precision:
     """One trainer's compute precision: ``fp32``, or ``bf16``/``fp16`` autocast over fp32 weights.
 
