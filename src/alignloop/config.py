@@ -543,7 +543,7 @@ class LoopConfig:
 
     def validate(self) -> None:
         if self.sampling_dtype not in ("", "float32", "bfloat16", "float16"):
-            raise ValueError(f"sampling_dtype: must be empty, float32, bfloat16 or float16, got {self.sampling_dtype!r}")
+            raise ValueError(f"sampling_dtype: must be '', float32, bfloat16 or float16, got {self.sampling_dtype!r}")
         if self.rm_init not in ("config", "sft"):
             raise ValueError(f"rm_init: must be config or sft, got {self.rm_init!r}")
         if self.reference not in ("sft", "previous"):

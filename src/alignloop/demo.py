@@ -123,7 +123,8 @@ def demonstrations(cfg: LoopConfig, panel: Any, prompts: list[Prompt]) -> list[D
     from alignloop.loop import sample_completions
 
     texts, k = [p.text for p in prompts], cfg.demonstration_candidates
-    cands = sample_completions(cfg.policy.name, texts, k, cfg.ranking_generation, cfg.ppo.seed, cfg.sample_weights_dtype)
+    gen, dtype = cfg.ranking_generation, cfg.sample_weights_dtype
+    cands = sample_completions(cfg.policy.name, texts, k, gen, cfg.ppo.seed, dtype)
     return [panel.demonstrate(p, c) for p, c in zip(prompts, cands, strict=True)]
 
 
