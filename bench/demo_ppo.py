@@ -1,11 +1,12 @@
 """Which PPO settings give the demo's policy the best gold win rate, judged on validation prompts?
 
     .venv/bin/python bench/demo_ppo.py --run runs/demo --out runs/demo-ppo \\
-        --variants base,base:seed=2,total_episodes=384:lr=3e-4 [--threads 1]
+        --variants base,seed=2,total_episodes=384:lr=3e-4 [--threads 1]
 
 Starts from a finished demo run (``alignloop demo --out RUN``): its SFT policy and its round-1 reward
 model. Each variant runs PPO with the demo's PPOConfig plus the variant's ``field=value`` overrides
-(``:``-separated; ``base`` = none; ``rm=PATH`` takes another reward model, e.g. one trained by
+(``:``-separated; ``base`` = none; ``run`` = no training, the run's own round-1 PPO policy;
+``rm=PATH`` takes another reward model, e.g. one trained by
 bench/demo_rm_data.py, ``rm=gold`` the gold utility as an oracle; dotted names reach nested configs,
 ``distributed.dtype=bf16``) on the demo's PPO prompts, then is judged against the SFT policy by the gold
 utility exactly as the demo judges (4 samples per prompt at the evaluation's generation settings and
@@ -79,7 +80,7 @@ def main() -> None:
     for name in args.variants.split(","):
         if name in done:
             continue
-        pairs = [] if name == "base" else [kv.split("=", 1) for kv in name.split(":")]
+        pairs = [] if name in ("base", "run") else [kv.split("=", 1) for kv in name.split(":")]
         if any(len(kv) != 2 for kv in pairs):
             raise SystemExit(f"--variants {name!r}: not base or field=value[:field=value...]")
         overrides = dict(pairs)
@@ -93,11 +94,15 @@ def main() -> None:
         scorer = GoldScorer(gold) if rm == "gold" else load_scorer(rm)
         folder = out / name.replace(":", "_").replace("/", "_").replace("=", "-")
         t0 = time.perf_counter()
-        result = train_ppo(ppo_cfg, sft, scorer, ppo_prompts, folder, extra_scorers={"gold": gold},
-                           overwrite=True)  # fmt: skip
+        if name == "run":  # the demo run's own round-1 PPO policy, judged on validation as it is
+            folder = run / "round-1" / "ppo"
+            policy_dir = folder / "policy"
+        else:
+            policy_dir = train_ppo(ppo_cfg, sft, scorer, ppo_prompts, folder, extra_scorers={"gold": gold},
+                                   overwrite=True).policy_dir  # fmt: skip
         seconds = time.perf_counter() - t0
         rows = read_metrics(folder)
-        samples = {"sft": sft_samples, "ppo": sample_completions(str(result.policy_dir), texts, k, gen, cfg.eval_seed)}
+        samples = {"sft": sft_samples, "ppo": sample_completions(str(policy_dir), texts, k, gen, cfg.eval_seed)}
         wr = evaluate_win_rates(ScoreJudge(gold, "gold"), [p.id for p in val], texts, samples, "sft",
                                 n_bootstrap=cfg.eval.bootstrap, seed=cfg.eval_seed)  # fmt: skip
         rate, val_gold = wr["win_rates"]["ppo"], wr["mean_score"]["ppo"]
