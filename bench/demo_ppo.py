@@ -91,13 +91,13 @@ def main() -> None:
             ppo_cfg = replace_fields(cfg.ppo, fields)
         except TypeError as err:
             raise SystemExit(f"--variants {name!r}: {err}") from None
-        scorer = GoldScorer(gold) if rm == "gold" else load_scorer(rm)
         folder = out / name.replace(":", "_").replace("/", "_").replace("=", "-")
         t0 = time.perf_counter()
         if name == "run":  # the demo run's own round-1 PPO policy, judged on validation as it is
             folder = run / "round-1" / "ppo"
             policy_dir = folder / "policy"
         else:
+            scorer = GoldScorer(gold) if rm == "gold" else load_scorer(rm)
             policy_dir = train_ppo(ppo_cfg, sft, scorer, ppo_prompts, folder, extra_scorers={"gold": gold},
                                    overwrite=True).policy_dir  # fmt: skip
         seconds = time.perf_counter() - t0

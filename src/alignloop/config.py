@@ -23,6 +23,10 @@ from alignloop.schema import from_dict
 T = TypeVar("T")
 
 
+#: Weights dtypes a model can be loaded in (ModelConfig.dtype, LoopConfig.sampling_dtype).
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclass
 class ModelConfig:
     """Which model to load: a registry name, a local HF folder, or a hub id."""
@@ -31,7 +35,7 @@ class ModelConfig:
     dtype: str = "float32"  # "float32" | "bfloat16"
 
     def validate(self) -> None:
-        if self.dtype not in ("float32", "bfloat16", "float16"):
+        if self.dtype not in MODEL_DTYPES:
             raise ValueError(f"dtype: must be float32, bfloat16 or float16, got {self.dtype!r}")
 
 
@@ -542,7 +546,7 @@ class LoopConfig:
         return self.sampling_dtype or self.policy.dtype
 
     def validate(self) -> None:
-        if self.sampling_dtype not in ("", "float32", "bfloat16", "float16"):
+        if self.sampling_dtype not in ("", *MODEL_DTYPES):
             raise ValueError(f"sampling_dtype: must be '', float32, bfloat16 or float16, got {self.sampling_dtype!r}")
         if self.rm_init not in ("config", "sft"):
             raise ValueError(f"rm_init: must be config or sft, got {self.rm_init!r}")

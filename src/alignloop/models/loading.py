@@ -7,10 +7,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from alignloop.config import MODEL_DTYPES
 from alignloop.errors import AlignloopError
 from alignloop.models.registry import _set_distinct_pad, resolve
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = MODEL_DTYPES
 
 
 def torch_dtype(name: str):
