@@ -52,6 +52,7 @@ def main() -> None:
     from alignloop.labelers import GoldJudge
     from alignloop.loop import sample_completions
     from alignloop.models.reward import load_scorer
+    from alignloop.models.scoring import EnsembleScorer
     from alignloop.train.ppo import train_ppo
     from alignloop.train.runlog import read_metrics
     from demo_rm_data import override_value  # this folder is on sys.path when a script of it runs
@@ -85,6 +86,7 @@ def main() -> None:
             raise SystemExit(f"--variants {name!r}: not base or field=value[:field=value...]")
         overrides = dict(pairs)
         rm = overrides.pop("rm", str(run / "round-1" / "rm" / "model"))
+        spread = float(overrides.pop("spread", 0.0))  # an ensemble's (rm=A+B+C) penalty on its members' std
         fields = {"seed": cfg.ppo.seed + cfg.round_seed_stride}  # round 1's, as the demo
         fields.update({f: override_value(v) for f, v in overrides.items()})
         try:
@@ -97,23 +99,33 @@ def main() -> None:
             folder = run / "round-1" / "ppo"
             policy_dir = folder / "policy"
         else:
-            scorer = GoldScorer(gold) if rm == "gold" else load_scorer(rm)
+            scorer = GoldScorer(gold) if rm == "gold" else EnsembleScorer([load_scorer(r) for r in rm.split("+")], spread)
             policy_dir = train_ppo(ppo_cfg, sft, scorer, ppo_prompts, folder, extra_scorers={"gold": gold},
                                    overwrite=True).policy_dir  # fmt: skip
         seconds = time.perf_counter() - t0
         rows = read_metrics(folder)
         samples = {"sft": sft_samples, "ppo": sample_completions(str(policy_dir), texts, k, gen, cfg.eval_seed)}
+        (folder / "val_samples.json").write_text(json.dumps(samples["ppo"]))
         wr = evaluate_win_rates(ScoreJudge(gold, "gold"), [p.id for p in val], texts, samples, "sft",
                                 n_bootstrap=cfg.eval.bootstrap, seed=cfg.eval_seed)  # fmt: skip
         rate, val_gold = wr["win_rates"]["ppo"], wr["mean_score"]["ppo"]
         row = {"variant": name, "ppo_s": seconds, "kl": rows[-1]["kl"],
                "train_gold_last4": statistics.fmean(r["score_gold"] for r in rows[-4:]),
-               "win_rate": rate["rate"], "ci": [rate["ci_low"], rate["ci_high"]], "val_gold": val_gold}  # fmt: skip
+               "win_rate": rate["rate"], "ci": [rate["ci_low"], rate["ci_high"]], "val_gold": val_gold,
+               "components": component_means(gold, texts, samples["ppo"]),
+               "sft_components": component_means(gold, texts, sft_samples)}  # fmt: skip
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")
         ci = f"[{rate['ci_low']:.1%}, {rate['ci_high']:.1%}]"
         print(f"{name:<40} {seconds:6.0f} {row['kl']:5.2f} {row['train_gold_last4']:20.3f} "
               f"{rate['rate']:9.1%} {ci:>14} {val_gold:8.3f}", flush=True)  # fmt: skip
+
+
+def component_means(gold, texts: list[str], samples: list[list[str]]) -> dict[str, float]:
+    """Mean of each gold component over the samples: which part of the utility did PPO move?"""
+    flat = [(t, c) for t, cs in zip(texts, samples, strict=True) for c in cs]
+    rows = gold.components_batch([t for t, _ in flat], [c for _, c in flat])
+    return {key: round(statistics.fmean(r[key] for r in rows), 4) for key in rows[0]}
 
 
 def replace_fields(obj, fields: dict):

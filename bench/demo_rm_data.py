@@ -3,7 +3,7 @@
     .venv/bin/python bench/demo_rm_data.py --sft runs/demo/sft/best --out runs/rm-data \
         [--variants p64_k4,p64_k6,p128_k4,p128_k4_e2,p64_k4:epochs=1:lr=2e-5:seed=1]
 
-Samples 6 completions per prompt from the demo's SFT policy for the first 128 RM training prompts and
+Samples 8 completions per prompt from the demo's SFT policy for the first 128 RM training prompts and
 for 48 more unseen RM training-user prompts (validation: the RM validation split has only 4 prompts),
 lets the simulated panel rank a variant's share (first n prompts, first K completions), trains the
 demo's reward model on it, and prints its agreement with the gold utility on every pair of the
@@ -23,6 +23,8 @@ import json
 import re
 import time
 from pathlib import Path
+
+N_SAMPLES = 8  # completions drawn per prompt; a variant ranks its first K
 
 
 def main() -> None:
@@ -53,18 +55,18 @@ def main() -> None:
     cache = out / "samples.json"
     if not cache.exists():
         t0 = time.perf_counter()
-        drawn = sample_completions(args.sft, [p.text for p in train + val], 6, cfg.ranking_generation, 7)
+        drawn = sample_completions(args.sft, [p.text for p in train + val], N_SAMPLES, cfg.ranking_generation, 7)
         cache.write_text(json.dumps(drawn))
-        print(f"sampled {len(drawn)} x 6 completions in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"sampled {len(drawn)} x {N_SAMPLES} completions in {time.perf_counter() - t0:.0f} s", flush=True)
     comps = json.loads(cache.read_text())
     train_comps, val_comps = comps[: len(train)], comps[len(train) :]
-    val_gold = [gold.score_batch([p.text] * 6, c) for p, c in zip(val, val_comps, strict=True)]
+    val_gold = [gold.score_batch([p.text] * N_SAMPLES, c) for p, c in zip(val, val_comps, strict=True)]
 
     def gold_agreement(scorer) -> tuple[float, int]:
         agree = pairs = 0
         for p, c, g in zip(val, val_comps, val_gold, strict=True):
-            s = score_all(scorer, [p.text] * 6, c)
-            for i, j in itertools.combinations(range(6), 2):
+            s = score_all(scorer, [p.text] * N_SAMPLES, c)
+            for i, j in itertools.combinations(range(N_SAMPLES), 2):
                 if g[i] != g[j]:
                     pairs += 1
                     agree += (s[i] - s[j]) * (g[i] - g[j]) > 0

@@ -160,6 +160,47 @@ def test_chunks_hold_whole_prompts_within_the_micro_batch() -> None:
     assert sum(len(c) for c in chunks) == 6
 
 
+def test_merged_overlap_scores_each_item_once_with_the_loss_of_separate_rankings() -> None:
+    from alignloop.train.losses import rm_kway_loss
+    from alignloop.train.reward_data import score_chunk
+
+    model, tok = init_reward_model("tiny")
+    model.eval()
+    base = panel_rankings(3, [4, 3], seed=5)
+    # a second and a third labeler rank the first two items again, in other orders; the third item once
+    again = [Ranking(r.prompt_id, r.prompt, r.completions, r.order[::-1], "b") for r in base[:2]]
+    again.append(Ranking(base[0].prompt_id, base[0].prompt, base[0].completions, r_order(base[0]), "c"))
+    rankings = base + again
+    separate = encode_rankings(model, tok, rankings)
+    merged = encode_rankings(model, tok, rankings, merge_overlap=True)
+    assert len(separate) == 6 and [len(m.all_ranks) for m in merged] == [3, 2, 1]
+    assert sum(len(m.items) for m in merged) == 4 + 3 + 4  # each item's completions scored once
+    assert sum(m.has_pairs for m in merged) == 6
+    with torch.no_grad():
+        loss_sep, m_sep = rm_kway_loss(*score_chunk(model, separate, pad_id(tok), torch.device("cpu")))
+        loss_mrg, m_mrg = rm_kway_loss(*score_chunk(model, merged, pad_id(tok), torch.device("cpu")))
+    assert loss_mrg.item() == pytest.approx(loss_sep.item(), rel=1e-5)
+    assert int(m_mrg["n_pairs"]) == int(m_sep["n_pairs"]) and int(m_mrg["n_prompts"]) == 6
+    # shuffled_pairs expands every labeler's pairs, merged or not
+    assert len(expand_pairs(merged)) == len(expand_pairs(separate))
+
+
+def r_order(r: Ranking) -> list[int]:
+    """Another order of a ranking's completions: the best one moved to the end."""
+    return [*r.order[1:], r.order[0]]
+
+
+def test_merged_overlap_trains_fewer_steps_on_the_same_rankings(tmp_path) -> None:
+    base = panel_rankings(8, [4], seed=6)
+    rankings = base + [Ranking(r.prompt_id, r.prompt, r.completions, r_order(r), "b") for r in base]
+    cfg = tiny_cfg(epochs=1, prompts_per_step=4, val_fraction=0.0)
+    plain = train_reward_model(cfg, rankings, tmp_path / "plain", progress=False)
+    merged = train_reward_model(
+        dataclasses.replace(cfg, merge_overlap=True), rankings, tmp_path / "merged", progress=False
+    )
+    assert (plain.steps, merged.steps) == (4, 2)  # 16 rankings / 4 per step vs 8 items / 4 per step
+
+
 def test_split_by_prompt_never_shares_a_prompt() -> None:
     rankings = panel_rankings(20, [3], seed=4)
     rankings = rankings + [Ranking(r.prompt_id, r.prompt, r.completions, r.order[::-1], "other") for r in rankings]

@@ -46,6 +46,32 @@ def score_all(scorer: Scorer, prompts: Sequence[str], completions: Sequence[str]
     return out
 
 
+class EnsembleScorer:
+    """The mean of several reward models' scores, less ``spread`` times their standard deviation.
+
+    Members trained on the same comparisons from different seeds err in different places; a
+    policy optimised against their mean finds fewer of any one member's blind spots, and a
+    positive ``spread`` makes the reward conservative where the members disagree (Coste et
+    al. 2023, "Reward model ensembles help mitigate overoptimization")."""
+
+    def __init__(self, members: Sequence[Scorer], spread: float = 0.0) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = list(members)
+        self.spread = spread
+
+    @property
+    def model(self):
+        """The first member's model: PPO builds its value model from a reward model's trunk."""
+        return getattr(self.members[0], "model", None)
+
+    def score_batch(self, prompts: list[str], completions: list[str]) -> list[float]:
+        import numpy as np
+
+        scores = np.array([m.score_batch(prompts, completions) for m in self.members], dtype=float)
+        return [float(v) for v in scores.mean(0) - self.spread * scores.std(0)]
+
+
 JUDGES = ("gold",)
 
 

@@ -149,8 +149,8 @@ def train_reward_model(
     model.train()
     seed_everything(rank_seed(cfg.seed, accelerator.process_index))  # dropout masks differ per rank
     pad = pad_token_id(tok)
-    train_data = encode_rankings(model, tok, rankings)
-    val_data = encode_rankings(model, tok, val)
+    train_data = encode_rankings(model, tok, rankings, cfg.merge_overlap)
+    val_data = encode_rankings(model, tok, val, cfg.merge_overlap)
 
     step_size = cfg.prompts_per_step  # elements per optimizer step
     steps_per_epoch = math.ceil(len(train_data) / step_size)
@@ -206,7 +206,7 @@ def train_reward_model(
         batch = [train_data[i] for i in rank_slice(indices, accelerator.process_index, accelerator.num_processes)]
 
         t0 = time.perf_counter()
-        n_prompts = sum(train_data[i].has_pairs for i in indices)  # the step's, over every process
+        n_prompts = sum(train_data[i].has_pairs for i in indices)  # the step's rankings, over every process
         tally = _train_step(model, optimizer, scheduler, accelerator, precision, batch, n_prompts, pad, cfg)
         train_seconds += time.perf_counter() - t0
         done = step + 1

@@ -2,7 +2,10 @@
 
 Every completion is tokenised once, up front; a step's prompts are grouped into chunks of whole
 prompts (a prompt is never split: its K scores meet in one K-way loss) and each chunk is one
-forward pass. ``shuffled_pairs`` (:func:`expand_pairs`) is the alternative the paper warns
+forward pass. Several labelers' rankings of the very same completions (``overlap`` > 1) can share one
+element (``merge_overlap``): its completions are scored once and every labeler's comparisons count as
+a ranking of their own, so the loss is that of separate elements at 1/overlap of the forwards.
+``shuffled_pairs`` (:func:`expand_pairs`) is the alternative the paper warns
 against: every untied pair its own two-completion element.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,25 +25,39 @@ from alignloop.models.reward import Encoded, RewardModel, collate, encode
 
 @dataclass
 class EncodedRanking:
-    """One batch element: the K tokenised completions of a prompt and their ranks (0 = best)."""
+    """One batch element: the K tokenised completions of a prompt and their ranks (0 = best);
+    ``more_ranks``: other labelers' ranks of the same completions, each a ranking of its own in the loss."""
 
     items: list[Encoded]
     ranks: list[int]
+    more_ranks: list[list[int]] = field(default_factory=list)
 
     @property
-    def has_pairs(self) -> bool:
-        return len(set(self.ranks)) > 1
+    def all_ranks(self) -> list[list[int]]:
+        return [self.ranks, *self.more_ranks]
+
+    @property
+    def has_pairs(self) -> int:
+        """How many of its rankings order at least one pair (each weighs one prompt in a step's mean)."""
+        return sum(len(set(r)) > 1 for r in self.all_ranks)
 
 
-def encode_rankings(model: RewardModel, tokenizer: Any, rankings: Sequence[Ranking]) -> list[EncodedRanking]:
-    """Tokenise every completion once, up front (one batched tokenizer call)."""
-    prompts = [r.prompt for r in rankings for _ in r.completions]
-    completions = [c for r in rankings for c in r.completions]
+def encode_rankings(
+    model: RewardModel, tokenizer: Any, rankings: Sequence[Ranking], merge_overlap: bool = False
+) -> list[EncodedRanking]:
+    """Tokenise every completion once, up front (one batched tokenizer call). ``merge_overlap``: rankings
+    with the same prompt and the same completions in the same order become one element."""
+    groups: dict[Any, list[Ranking]] = {}
+    for i, r in enumerate(rankings):
+        groups.setdefault((r.prompt, tuple(r.completions)) if merge_overlap else i, []).append(r)
+    firsts = [g[0] for g in groups.values()]
+    prompts = [r.prompt for r in firsts for _ in r.completions]
+    completions = [c for r in firsts for c in r.completions]
     flat = encode(tokenizer, model.info, prompts, completions)
     out, i = [], 0
-    for r in rankings:
-        out.append(EncodedRanking(flat[i : i + r.k], r.ranks()))
-        i += r.k
+    for first, *rest in groups.values():
+        out.append(EncodedRanking(flat[i : i + first.k], first.ranks(), [r.ranks() for r in rest]))
+        i += first.k
     return out
 
 
@@ -48,12 +65,13 @@ def expand_pairs(data: Sequence[EncodedRanking]) -> list[EncodedRanking]:
     """``shuffled_pairs`` elements: one per untied ordered pair (winner first, rank 0; loser rank 1)."""
     out = []
     for r in data:
-        for w, lo in itertools.combinations(range(len(r.items)), 2):
-            if r.ranks[w] == r.ranks[lo]:
-                continue
-            if r.ranks[lo] < r.ranks[w]:
-                w, lo = lo, w
-            out.append(EncodedRanking([r.items[w], r.items[lo]], [0, 1]))
+        for ranks in r.all_ranks:
+            for w, lo in itertools.combinations(range(len(r.items)), 2):
+                if ranks[w] == ranks[lo]:
+                    continue
+                if ranks[lo] < ranks[w]:
+                    w, lo = lo, w
+                out.append(EncodedRanking([r.items[w], r.items[lo]], [0, 1]))
     return out
 
 
@@ -77,14 +95,16 @@ def chunk_prompts(batch: Sequence[EncodedRanking], max_completions: int) -> list
 def score_chunk(
     model: torch.nn.Module, chunk: Sequence[EncodedRanking], pad: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward over the chunk's completions -> (scores, ranks, k_mask), each [B, Kmax]."""
+    """One forward over the chunk's completions -> (scores, ranks, k_mask), each [B, Kmax] with one row
+    per ranking (an element's rankings by several labelers share its completions' scores)."""
     flat = [it for r in chunk for it in r.items]
     raw = model(**collate(flat, pad, device))
     kmax = max(len(r.items) for r in chunk)
     k_mask = torch.tensor([[1] * len(r.items) + [0] * (kmax - len(r.items)) for r in chunk], device=device)
-    ranks = torch.tensor([r.ranks + [0] * (kmax - len(r.ranks)) for r in chunk], device=device)
     scores = torch.zeros(k_mask.shape, dtype=raw.dtype, device=device).masked_scatter(k_mask.bool(), raw)
-    return scores, ranks, k_mask
+    rows = torch.tensor([b for b, r in enumerate(chunk) for _ in r.all_ranks], device=device)
+    ranks = torch.tensor([rk + [0] * (kmax - len(rk)) for r in chunk for rk in r.all_ranks], device=device)
+    return scores[rows], ranks, k_mask[rows]
 
 
 def split_by_prompt(rankings: Sequence[Ranking], fraction: float, seed: int) -> tuple[list[Ranking], list[Ranking]]:
