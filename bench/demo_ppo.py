@@ -99,7 +99,8 @@ def main() -> None:
             folder = run / "round-1" / "ppo"
             policy_dir = folder / "policy"
         else:
-            scorer = GoldScorer(gold) if rm == "gold" else EnsembleScorer([load_scorer(r) for r in rm.split("+")], spread)
+            members = [] if rm == "gold" else [load_scorer(r) for r in rm.split("+")]
+            scorer = GoldScorer(gold) if rm == "gold" else EnsembleScorer(members, spread)
             policy_dir = train_ppo(ppo_cfg, sft, scorer, ppo_prompts, folder, extra_scorers={"gold": gold},
                                    overwrite=True).policy_dir  # fmt: skip
         seconds = time.perf_counter() - t0
