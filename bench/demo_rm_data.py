@@ -59,6 +59,15 @@ def main() -> None:
         cache.write_text(json.dumps(drawn))
         print(f"sampled {len(drawn)} x {N_SAMPLES} completions in {time.perf_counter() - t0:.0f} s", flush=True)
     comps = json.loads(cache.read_text())
+    screen_cache = out / "screening_samples.json"
+    screen_prompts = prepare(builtin_prompts(), cfg.data).get("sft", "train")[-32:]  # never ranked nor judged on
+    if "screen=" in args.variants and not screen_cache.exists():
+        screen_cache.write_text(
+            json.dumps(
+                sample_completions(args.sft, [p.text for p in screen_prompts], N_SAMPLES, cfg.ranking_generation, 8)
+            )
+        )
+    screen_comps = json.loads(screen_cache.read_text()) if screen_cache.exists() else []
     train_comps, val_comps = comps[: len(train)], comps[len(train) :]
     val_gold = [gold.score_batch([p.text] * N_SAMPLES, c) for p, c in zip(val, val_comps, strict=True)]
 
@@ -81,6 +90,7 @@ def main() -> None:
         rm_cfg = dataclasses.replace(cfg.rm, epochs=2) if m[3] else cfg.rm
         overrides = dict(kv.split("=", 1) for kv in m[4].split(":")[1:])
         overlap = int(overrides.pop("overlap", 1))  # labelers per ranking (the panel's, not the RM's)
+        screen = float(overrides.pop("screen", 0.0))  # only labelers whose screening agreement reaches this
         try:
             fields = {f: override_value(v) for f, v in overrides.items()}
             if "model" in overrides:  # a model name or folder, e.g. the SFT policy for a causal RM
@@ -89,7 +99,13 @@ def main() -> None:
         except TypeError as err:
             raise SystemExit(f"--variants {name!r}: {err}") from None
         items = [(p, c[:k]) for p, c in zip(train[:n], train_comps[:n], strict=True)]
-        rankings = panel.rank_items(items, overlap)
+        passed = None
+        if screen:  # screening items: 32 SFT prompts the demo never uses
+            screening = [(p, c[:k]) for p, c in zip(screen_prompts, screen_comps, strict=True)]
+            agreement = panel.screen(screening)
+            passed = [lab for lab in panel.labelers if agreement[lab.id] >= screen]
+            print(f"screening: {len(passed)} of {len(panel.labelers)} labelers pass {screen}", flush=True)
+        rankings = panel.rank_items(items, overlap, passed)
         t0 = time.perf_counter()
         folder = out / name.replace(":", "_").replace("/", "_")
         rm = train_reward_model(rm_cfg, rankings, folder, demos=demos, overwrite=True, progress=False)

@@ -35,6 +35,20 @@ def test_panel_source_gives_overlap_rankings_per_item_with_sources() -> None:
     assert all(len(r.comparisons()) == 6 for r in rankings)
 
 
+def test_screened_panel_source_leaves_the_careless_labelers_out() -> None:
+    panel = SimulatedPanel(PanelConfig(n_labelers=6, n_groups=3, careless_fraction=0.34), GoldJudge())
+    careless = {lab.id for lab in panel.labelers if lab.careless}
+    assert len(careless) == 2
+    qualified = panel.qualified(0.7)
+    assert {lab.id for lab in qualified} == {lab.id for lab in panel.labelers} - careless
+    prompts = [Prompt(f"p{i}", f"Write a short happy note number {i} about the sea.", "u") for i in range(12)]
+    comps = [["The sea is wonderful and happy.", "no", "Waves.", "I love the sea, a happy note."]] * 12
+    everyone = PanelRankingSource(panel, overlap=2).collect_rankings(prompts, comps)
+    screened = PanelRankingSource(panel, overlap=2, labelers=qualified).collect_rankings(prompts, comps)
+    assert careless & {r.labeler_id for r in everyone}  # 24 rankings over 6 labelers reach them unscreened
+    assert len(screened) == 24 and not careless & {r.labeler_id for r in screened}
+
+
 def test_service_source_needs_url_and_user() -> None:
     cfg = LoopConfig(ranking_source="service")
     with pytest.raises(AlignloopError, match="feedback_url"):
@@ -88,9 +102,11 @@ def test_tiny_demo_runs_the_whole_loop_and_stops_at_threshold(tmp_path, monkeypa
         bootstrap=50,
         generation=replace(cfg.eval.generation, max_new_tokens=8),
     )
-    result = run_demo(cfg, log=lambda m: None)
+    lines: list[str] = []
+    result = run_demo(cfg, log=lines.append)
 
     out = tmp_path / "demo"
+    assert "screening: 9 of 10 labelers qualified" in lines  # the careless labeler ranks nothing
     rounds = json.loads((out / "rounds.json").read_text())
     assert len(rounds) == 1 and rounds[0]["round"] == 1
     rankings = read_jsonl(out / "round-1" / "rankings.jsonl", Ranking)

@@ -550,7 +550,10 @@ class LoopConfig:
     wait_timeout: float = 3600.0  # seconds one process waits for labels before it exits (resume continues)
     poll_seconds: float = 5.0  # between progress checks of a campaign
     demonstration_round: bool = False  # round 0: demonstrations (panel or a service campaign) -> SFT
-    screened_only: bool = False  # service campaigns go only to labelers who passed screening
+    # Campaigns go only to labelers who passed screening: on the service its screening campaign's verdict;
+    # with the simulated panel, agreement with gold on SimulatedPanel.screening_items at
+    # feedback.screening_threshold (the careless labelers fail it).
+    screened_only: bool = False
     eval_overlap: int = 1  # labelers per evaluation item on the service
     feedback_token_env: str = "ALIGNLOOP_FEEDBACK_TOKEN"  # environment variable holding an admin API token
 

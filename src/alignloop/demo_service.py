@@ -122,20 +122,11 @@ def demo_service(out: Path, cfg: LoopConfig, log: Callable[[str], None] = print)
 def screen(admin: Any, cfg: LoopConfig, sim: subprocess.Popen, sim_log: Path) -> int:
     """A screening campaign with gold answers (the gold judge's order), labeled by everyone; returns
     how many labelers qualified at ``cfg.feedback.screening_threshold``."""
-    from alignloop.data.builtin import builtin_prompts
     from alignloop.labelers import GoldJudge, SimulatedPanel
 
     panel = SimulatedPanel(cfg.panel, GoldJudge())
     items = []
-    for p in builtin_prompts()[:SCREENING_ITEMS]:
-        topic = p.text.split()[-1].strip(".?!")
-        comps = [
-            panel.write_demonstration(p).completion,
-            f"I hate questions like this about {topic}. It is stupid and boring, go away.",
-            "ok.",
-            "Well, there are many things one could say, and some people say things, while other people say other "
-            "things, and that is how it is, more or less, in general.",
-        ]
+    for p, comps in panel.screening_items(SCREENING_ITEMS):
         util = panel.judge.score_batch([p.text] * len(comps), comps)
         gold = sorted(range(len(comps)), key=lambda i: -util[i])
         items.append({"prompt_id": p.id, "prompt": p.text, "completions": comps, "gold": {"order": gold}})

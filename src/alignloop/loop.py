@@ -49,8 +49,8 @@ class RankingSource(Protocol):
 class PanelRankingSource:
     """The simulated labeler panel behind the :class:`RankingSource` interface."""
 
-    def __init__(self, panel: Any, overlap: int = 1) -> None:
-        self.panel, self.overlap = panel, overlap
+    def __init__(self, panel: Any, overlap: int = 1, labelers: Sequence[Any] | None = None) -> None:
+        self.panel, self.overlap, self.labelers = panel, overlap, labelers  # labelers: None = the whole panel
 
     def collect_rankings(
         self,
@@ -60,7 +60,7 @@ class PanelRankingSource:
         sources: Sequence[Sequence[str]] | None = None,
     ) -> list[Ranking]:
         items = [(p, list(c)) for p, c in zip(prompts, completions_per_prompt, strict=True)]
-        rankings = self.panel.rank_items(items, overlap=self.overlap)
+        rankings = self.panel.rank_items(items, overlap=self.overlap, labelers=self.labelers)
         if sources is not None:  # rank_items returns `overlap` rankings per item, item by item
             for i, r in enumerate(rankings):
                 r.sources = list(sources[i // self.overlap])
@@ -421,7 +421,11 @@ class _Run:
         comps = [row["completions"] for row in rows]
         held: list[Ranking] = []
         if self.client is None:
-            rankings = PanelRankingSource(self.panel, cfg.overlap).collect_rankings(prompts, comps)
+            labelers = None
+            if cfg.screened_only:  # as a campaign on the service: only labelers who passed screening rank
+                labelers = self.panel.qualified(cfg.feedback.screening_threshold)
+                self.log(f"screening: {len(labelers)} of {len(self.panel.labelers)} labelers qualified")
+            rankings = PanelRankingSource(self.panel, cfg.overlap, labelers).collect_rankings(prompts, comps)
         else:
             from alignloop.loop_service import RANKING_GUIDELINES, push_campaign, wait_for
 

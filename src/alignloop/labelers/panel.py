@@ -257,10 +257,13 @@ class SimulatedPanel:
             pid, text, list(completions), ranks, labeler_id=lab.id, metadata={"labeler_group": lab.group}
         )
 
-    def rank_items(self, items: Sequence[Item], overlap: int = 1) -> list[Ranking]:
-        """Rank many items, each by ``overlap`` assigned labelers; the gold judge scores them in one batch."""
+    def rank_items(
+        self, items: Sequence[Item], overlap: int = 1, labelers: Sequence[SimulatedLabeler] | None = None
+    ) -> list[Ranking]:
+        """Rank many items, each by ``overlap`` labelers assigned from ``labelers`` (default: the whole
+        panel, e.g. only those who passed :meth:`screen`); the gold judge scores them in one batch."""
         self.prefetch(items)
-        assigned = self.assign(items, overlap)
+        assigned = self.assign(items, overlap, labelers)
         done: dict[str, int] = {}  # items each labeler has ranked so far (its place in its session)
         out = []
         for (p, c), labs in zip(items, assigned, strict=True):
@@ -378,6 +381,30 @@ class SimulatedPanel:
                 "pass rankings this labeler made, of completions that differ",
             )
         return agree / total
+
+    def screening_items(self, n: int = 6) -> list[tuple[Prompt, list[str]]]:
+        """The researchers' screening sample: for ``n`` built-in prompts a written demonstration and three
+        clearly worse answers (hostile, empty, evasive), whose gold order any attentive labeler sees."""
+        from alignloop.data.builtin import builtin_prompts
+
+        items = []
+        for p in builtin_prompts()[:n]:
+            topic = p.text.split()[-1].strip(".?!")
+            comps = [
+                self.write_demonstration(p).completion,
+                f"I hate questions like this about {topic}. It is stupid and boring, go away.",
+                "ok.",
+                "Well, there are many things one could say, and some people say things, while other people say "
+                "other things, and that is how it is, more or less, in general.",
+            ]
+            items.append((p, comps))
+        return items
+
+    def qualified(self, threshold: float, n_items: int = 6) -> list[SimulatedLabeler]:
+        """The labelers whose agreement with gold on :meth:`screening_items` reaches ``threshold``
+        (the paper's screening: only they go on to real work)."""
+        agreement = self.screen(self.screening_items(n_items))
+        return [lab for lab in self.labelers if agreement[lab.id] >= threshold]
 
     def screen(self, items: Sequence[Item], labelers: Sequence[SimulatedLabeler] | None = None) -> dict[str, float]:
         """Have every labeler rank the screening ``items``; return each one's agreement with gold.
