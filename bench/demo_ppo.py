@@ -5,7 +5,7 @@
 
 Starts from a finished demo run (``alignloop demo --out RUN``): its SFT policy and its round-1 reward
 model. Each variant runs PPO with the demo's PPOConfig plus the variant's ``field=value`` overrides
-(``:``-separated; ``base`` = none; ``run`` = no training, the run's own round-1 PPO policy;
+(``:``-separated; ``base`` = none; ``run`` = no training, the run's final policy;
 ``rm=PATH`` takes another reward model, e.g. one trained by
 bench/demo_rm_data.py, ``rm=gold`` the gold utility as an oracle; dotted names reach nested configs,
 ``distributed.dtype=bf16``) on the demo's PPO prompts, then is judged against the SFT policy by the gold
@@ -95,9 +95,9 @@ def main() -> None:
             raise SystemExit(f"--variants {name!r}: {err}") from None
         folder = out / name.replace(":", "_").replace("/", "_").replace("=", "-")
         t0 = time.perf_counter()
-        if name == "run":  # the demo run's own round-1 PPO policy, judged on validation as it is
-            folder = run / "round-1" / "ppo"
-            policy_dir = folder / "policy"
+        if name == "run":  # the demo run's own final policy, judged on validation as it is
+            policy_dir = Path(json.loads((run / "summary.json").read_text())["final_policy"])
+            folder = policy_dir.parent
         else:
             members = [] if rm == "gold" else [load_scorer(r) for r in rm.split("+")]
             scorer = GoldScorer(gold) if rm == "gold" else EnsembleScorer(members, spread)

@@ -530,6 +530,10 @@ class LoopConfig:
     # 0.68-0.69 of unseen pairs against minilm-l6's 0.60-0.64 (docs/NOTES.md, session 6), for ~9x
     # the training time.
     rm_init: str = "config"
+    # What each round's reward model trains on: "round" = that round's rankings only; "all" = every round's
+    # rankings so far (the paper's RM saw all comparisons collected; a later round's rankings are of the
+    # improved policy's answers, exactly where PPO exploits the earlier reward model).
+    rm_rankings: str = "round"
     eval_seed: int = 12345
     # Weights dtype of the models that only sample (ranking candidates, evaluation answers): "" = policy.dtype.
     # "bfloat16" samples ~3x faster on a CPU with native bf16 (AVX512-BF16/AMX), and both policies of a
@@ -565,6 +569,8 @@ class LoopConfig:
     def validate(self) -> None:
         if self.sampling_dtype not in ("", *MODEL_DTYPES):
             raise ValueError(f"sampling_dtype: must be '', float32, bfloat16 or float16, got {self.sampling_dtype!r}")
+        if self.rm_rankings not in ("round", "all"):
+            raise ValueError(f"rm_rankings: must be round or all, got {self.rm_rankings!r}")
         if self.rm_init not in ("config", "sft"):
             raise ValueError(f"rm_init: must be config or sft, got {self.rm_init!r}")
         if self.reference not in ("sft", "previous"):

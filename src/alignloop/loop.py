@@ -456,13 +456,19 @@ class _Run:
         rdir = self.rdir(rnd)
         rm_dir = rdir / "rm"
         resume = can_resume(rm_dir)  # else killed before its first checkpoint: start it over
-        rankings = read_jsonl(rdir / "rankings.jsonl", Ranking)
+        first = 1 if self.cfg.rm_rankings == "all" else rnd["index"]
+        rankings = [
+            r
+            for i in range(first, rnd["index"] + 1)
+            for r in read_jsonl(self.out / f"round-{i}" / "rankings.jsonl", Ranking)
+        ]
         rm_cfg = self.cfg.rm
         if self.cfg.rm_init == "sft":  # the paper's RM: the SFT policy minus its unembedding layer
             rm_cfg = replace(rm_cfg, model=replace(rm_cfg.model, name=self.state.data["sft_policy"]))
         rm = train_reward_model(rm_cfg, rankings, rm_dir, demos=self.demos() or None, resume=resume,
                                 overwrite=not resume)  # fmt: skip
         rnd["metrics"]["rm_accuracy"] = rm.val.get("val/accuracy")
+        rnd["metrics"]["rm_rankings"] = len(rankings)  # this round's, or every round's so far (rm_rankings: all)
         held = read_jsonl(rdir / "rankings_held_out_group.jsonl", Ranking)
         if held:
             rnd["metrics"]["rm_accuracy_held_out_group"] = evaluate_reward_model(rm.model_dir, held)["eval/accuracy"]
