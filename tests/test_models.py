@@ -80,3 +80,16 @@ def test_packaged_minilm_loads_for_real() -> None:
     emb = model(**tok(["a cat"], return_tensors="pt")).last_hidden_state
     assert emb.shape[-1] == 384
     assert 22_000_000 < sum(p.numel() for p in model.parameters()) < 23_500_000
+
+
+def test_ensemble_scorer_is_the_members_mean_less_spread_times_their_std() -> None:
+    from alignloop.models.scoring import EnsembleScorer, FunctionScorer
+
+    members = [FunctionScorer(lambda p, c, k=k: float(len(c) * k)) for k in (1, 2, 3)]
+    assert EnsembleScorer(members).score_batch(["p", "p"], ["ab", "abcd"]) == [4.0, 8.0]
+    # lengths 2: members 2, 4, 6 -> mean 4, population std sqrt(8/3)
+    conservative = EnsembleScorer(members, spread=0.5).score_batch(["p"], ["ab"])[0]
+    assert conservative == pytest.approx(4.0 - 0.5 * (8 / 3) ** 0.5)
+    assert EnsembleScorer(members).model is None  # function members have no model for PPO's value
+    with pytest.raises(ValueError, match="at least one member"):
+        EnsembleScorer([])
