@@ -231,43 +231,6 @@ def test_sampler_logprobs_are_the_policy_logprobs() -> None:
     assert gen.logprobs.abs().sum() > 0
 
 
-@pytest.mark.parametrize("lora_r", [0, 4])
-def test_rollout_copy_samples_with_the_current_policy_weights(lora_r: int) -> None:
-    """rollout_dtype: a copy of the policy (LoRA merged) samples; after an update it holds the new
-    weights, and its log-probs are the policy's within the copy dtype's rounding."""
-    cfg = small(lora_r=lora_r, lr=1e-2, rollout_dtype="float32")
-    trainer = PPOTrainer(cfg, "tiny", letter_e(), PROMPTS, None, progress=False)
-    policy, copy = trainer.unwrapped_policy, trainer.rollout_copy
-    assert copy is not None and copy.model is not policy
-
-    def max_logit_gap(model) -> float:
-        ids = torch.tensor([[1, 5, 9, 14, 3]])
-        with torch.no_grad():
-            return float((model(input_ids=ids).logits - policy(input_ids=ids).logits).abs().max())
-
-    trainer.train()  # two iterations, each refreshing the copy before its rollout; the last update follows
-    assert max_logit_gap(copy.model) > 1e-4  # the copy still holds the weights of the last rollout
-    assert max_logit_gap(copy.refresh()) < 1e-4
-    assert not any(p.requires_grad for p in copy.model.parameters())
-    assert not hasattr(copy.model, "peft_config")  # adapters merged into plain linear layers
-
-    bf16 = PPOTrainer(small(lora_r=lora_r, rollout_dtype="bfloat16"), "tiny", letter_e(), PROMPTS, None,
-                      progress=False)  # fmt: skip
-    gen = bf16.rollout(PROMPTS)
-    assert next(bf16.rollout_copy.model.parameters()).dtype == torch.bfloat16
-    with torch.no_grad():
-        lp, _ = policy_logprobs(bf16.unwrapped_policy, gen.query_ids, gen.query_mask, gen.response_ids, 1.0,
-                                response_mask=gen.response_mask)  # fmt: skip
-    mask = gen.response_mask.bool()
-    assert gen.logprobs.dtype == torch.float32 and gen.logprobs[mask].abs().min() > 1.0
-    assert (gen.logprobs - lp)[mask].abs().mean() < 0.05  # bf16 rounding, not another policy
-
-
-def test_rollout_dtype_must_name_a_model_dtype() -> None:
-    with pytest.raises(ValueError, match="rollout_dtype"):
-        small(rollout_dtype="int8").validate()
-
-
 @pytest.mark.parametrize("layout,lora_r", [("separate", 0), ("separate", 4), ("shared", 0)])
 def test_value_model_starts_from_the_reward_model(layout: str, lora_r: int) -> None:
     from alignloop.models.reward import RewardScorer, collate, encode, init_reward_model

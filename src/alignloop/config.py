@@ -335,12 +335,6 @@ class PPOConfig:
     # pi_old = the sampler's log-probabilities (as TRL; the first step's KL is then ~1e-6 of
     # numerical noise, not 0) instead of one more forward pass over the policy after sampling.
     pi_old_from_sampler: bool = True
-    # "" samples rollouts with the training policy itself. A dtype ("bfloat16") samples with a copy of
-    # the policy in that dtype, LoRA adapters merged, refreshed before each rollout: decoding under
-    # autocast re-casts every frozen weight at every token, the copy does not (~2x faster sampling
-    # where bf16 is native). Its log-probabilities are then pi_old, within bf16 rounding of the
-    # policy's (~0.05 per token).
-    rollout_dtype: str = ""
     micro_batch_size: int = 4  # rows per forward/backward pass on each process (memory); 0 = the whole minibatch
     ptx_batch_size: int = 8  # pretraining texts per PPO-ptx update (global)
     ptx_max_length: int = 128
@@ -381,10 +375,6 @@ class PPOConfig:
             raise ValueError(f"value_layers: must be >= 0, got {self.value_layers}")
         if self.score_batch_size < 1:
             raise ValueError(f"score_batch_size: must be at least 1, got {self.score_batch_size}")
-        if self.rollout_dtype not in ("", *MODEL_DTYPES):
-            raise ValueError(
-                f"rollout_dtype: must be empty or one of {', '.join(MODEL_DTYPES)}, got {self.rollout_dtype!r}"
-            )
         _check_adam(self.adam_betas, self.adam_eps)
         if self.lora_r < 0 or self.micro_batch_size < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ValueError("lora_r, micro_batch_size, checkpoint_every: must be >= 0; keep_checkpoints >= 1")

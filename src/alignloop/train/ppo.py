@@ -176,9 +176,6 @@ class PPOTrainer:
         self.value = None
         if value_model is not None:
             self.value, _ = place_model(value_model, self.acc, cfg.distributed.strategy, self.precision)
-        if cfg.rollout_dtype and sharded:
-            raise AlignloopError("rollout_dtype needs the whole policy on each process", "set it to '' under FSDP")
-        self.rollout_copy = rollout.RolloutCopy(self.unwrapped_policy, cfg.rollout_dtype) if cfg.rollout_dtype else None
         if self.ref is not None:
             self.ref = shard_model(self.ref, self.device) if sharded else self.ref.to(self.device)
             self.precision.wrap(self.ref)
@@ -264,9 +261,8 @@ class PPOTrainer:
         """One sampled response per prompt from the current policy; on a CPU split into one part
         per planned core (each part seeded from this process's sampling generator)."""
         parts = self.lanes.threads if self.lanes.enabled else 1
-        sampler = self.rollout_copy.refresh() if self.rollout_copy is not None else self.unwrapped_policy
         return rollout.sample(
-            sampler, self.tokenizer, prompts, self.config.generation, self.sampling, parts, self.lanes.run
+            self.unwrapped_policy, self.tokenizer, prompts, self.config.generation, self.sampling, parts, self.lanes.run
         )
 
     def make_experience(self, prompts: list[str], gen: Generation, timer: Timer | None = None) -> Rollout:

@@ -5,13 +5,11 @@ over the prompt set (the data seed is shared by every process; each takes its st
 policy samples them with the shared generator (left-padded queries, stop at the first EOS,
 softmax(logits / temperature)), which also returns log pi_old(y_t) and the entropy at every
 sampled position: the sampler's log-probabilities are pi_old, as in TRL, so no extra forward
-pass over the policy is needed before the PPO epochs. With ``rollout_dtype`` set, a
-:class:`RolloutCopy` of the policy samples instead (weights cast once, LoRA merged).
+pass over the policy is needed before the PPO epochs.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -74,45 +72,6 @@ def sample(
         )
     )
     return join_generations(slices, pad_token_id(tokenizer))
-
-
-class RolloutCopy:
-    """The policy as the sampler sees it: a copy in ``dtype`` with LoRA adapters merged, refreshed before
-    every rollout.
-
-    Sampling the training policy under bf16 autocast re-casts every frozen fp32 weight at every decoded
-    token (half of a CPU decode step) and runs each LoRA adapter as two extra small matmuls; the copy
-    holds the merged weights cast once. A refresh writes W + BA into the copy's adapted layers (a
-    LoRA policy) or copies every parameter (full fine-tuning): milliseconds next to a rollout."""
-
-    def __init__(self, policy: Any, dtype: str) -> None:
-        self.lora = hasattr(policy, "merge_and_unload")
-        model = copy.deepcopy(policy)
-        model = model.merge_and_unload() if self.lora else model
-        for module in model.modules():  # drop an autocast wrapper copied with the policy (it calls the original)
-            module.__dict__.pop("forward", None)
-            module.__dict__.pop("_alignloop_autocast", None)
-        self.model = model.to(getattr(torch, dtype)).eval().requires_grad_(False)
-        if self.lora:
-            from peft.tuners.lora import LoraLayer
-
-            own = dict(self.model.named_modules())
-            layers = policy.get_base_model().named_modules()
-            self.pairs = [(layer, own[name].weight) for name, layer in layers if isinstance(layer, LoraLayer)]
-        else:
-            own = dict(self.model.named_parameters())
-            self.pairs = [(param, own[name]) for name, param in policy.named_parameters()]
-
-    @torch.no_grad()
-    def refresh(self) -> Any:
-        """Copy the policy's current weights in; returns the model to sample with."""
-        for source, target in self.pairs:
-            if self.lora:
-                adapters = [a for a in source.active_adapters if a in source.lora_A]
-                target.copy_(source.get_base_layer().weight + sum(source.get_delta_weight(a) for a in adapters))
-            else:
-                target.copy_(source)
-        return self.model
 
 
 def join_generations(parts: Sequence[Generation], pad_id: int) -> Generation:
