@@ -49,6 +49,26 @@ def test_screened_panel_source_leaves_the_careless_labelers_out() -> None:
     assert len(screened) == 24 and not careless & {r.labeler_id for r in screened}
 
 
+def test_rm_rankings_all_trains_round_two_on_both_rounds_rankings(tmp_path) -> None:
+    from alignloop.demo import demo_config, select_prompts
+    from alignloop.loop import LoopInputs, run_loop, start_loop
+
+    cfg = demo_config(tiny=True)
+    cfg.rounds, cfg.accept_rule, cfg.rm_rankings = 2, "always", "all"
+    cfg.n_rm_prompts, cfg.n_ppo_prompts = 4, 8
+    cfg.rm = replace(cfg.rm, epochs=1)
+    gen = replace(cfg.ppo.generation, max_new_tokens=4)
+    cfg.ppo = replace(cfg.ppo, total_episodes=8, batch_size=8, minibatch_size=4, ppo_epochs=1, generation=gen)
+    cfg.ranking_generation = replace(cfg.ranking_generation, max_new_tokens=4)
+    cfg.eval = replace(cfg.eval, n_prompts=2, samples_per_prompt=1, bootstrap=20, generation=gen)
+    sets = select_prompts(cfg)
+    start_loop(cfg, tmp_path / "run", LoopInputs("tiny", sets["rm"], sets["ppo"], sets["eval"]))
+    assert run_loop(tmp_path / "run", log=lambda m: None).status == "finished"
+    rounds = {r["index"]: r["metrics"] for r in json.loads((tmp_path / "run" / "loop.json").read_text())["rounds"]}
+    assert rounds[1]["rm_rankings"] == rounds[1]["rankings"] == 4
+    assert rounds[2]["rm_rankings"] == rounds[1]["rankings"] + rounds[2]["rankings"] == 8
+
+
 def test_service_source_needs_url_and_user() -> None:
     cfg = LoopConfig(ranking_source="service")
     with pytest.raises(AlignloopError, match="feedback_url"):
