@@ -7,8 +7,8 @@
 Reads the validation samples that ``bench/demo_ppo.py`` saves (``sft_samples.json`` and each variant's
 ``val_samples.json``: 4 answers for each of its 96 validation prompts) and prints, per reward model and
 sample set, the share of answer pairs of one prompt (gold utilities differing) that the RM orders as the
-gold utility does. On SFT samples the demo's RMs reach ~0.72; on the answers of a PPO policy trained
-against them they fall to ~0.55 (session 8, docs/NOTES.md): PPO climbs what the RM gets wrong.
+gold utility does. On SFT samples the demo's RMs reach 0.70-0.73; on one PPO policy's answers 0.54-0.66,
+the lower the further PPO went (session 8, docs/NOTES.md).
 """
 
 from __future__ import annotations
