@@ -97,6 +97,8 @@ def main() -> None:
         t0 = time.perf_counter()
         if name == "run":  # the demo run's own final policy, judged on validation as it is
             policy_dir = Path(json.loads((run / "summary.json").read_text())["final_policy"])
+            if not policy_dir.is_absolute():  # written relative to where the demo ran: take it from RUN
+                policy_dir = run / policy_dir.relative_to(cfg.out_dir)
             folder = policy_dir.parent
         else:
             members = [] if rm == "gold" else [load_scorer(r) for r in rm.split("+")]
