@@ -59,15 +59,6 @@ def main() -> None:
         cache.write_text(json.dumps(drawn))
         print(f"sampled {len(drawn)} x {N_SAMPLES} completions in {time.perf_counter() - t0:.0f} s", flush=True)
     comps = json.loads(cache.read_text())
-    screen_cache = out / "screening_samples.json"
-    screen_prompts = prepare(builtin_prompts(), cfg.data).get("sft", "train")[-32:]  # never ranked nor judged on
-    if "screen=" in args.variants and not screen_cache.exists():
-        screen_cache.write_text(
-            json.dumps(
-                sample_completions(args.sft, [p.text for p in screen_prompts], N_SAMPLES, cfg.ranking_generation, 8)
-            )
-        )
-    screen_comps = json.loads(screen_cache.read_text()) if screen_cache.exists() else []
     train_comps, val_comps = comps[: len(train)], comps[len(train) :]
     val_gold = [gold.score_batch([p.text] * N_SAMPLES, c) for p, c in zip(val, val_comps, strict=True)]
 
@@ -99,11 +90,8 @@ def main() -> None:
         except TypeError as err:
             raise SystemExit(f"--variants {name!r}: {err}") from None
         items = [(p, c[:k]) for p, c in zip(train[:n], train_comps[:n], strict=True)]
-        passed = None
-        if screen:  # screening items: 32 SFT prompts the demo never uses
-            screening = [(p, c[:k]) for p, c in zip(screen_prompts, screen_comps, strict=True)]
-            agreement = panel.screen(screening)
-            passed = [lab for lab in panel.labelers if agreement[lab.id] >= screen]
+        passed = panel.qualified(screen) if screen else None  # the loop's screening (screened_only)
+        if passed is not None:
             print(f"screening: {len(passed)} of {len(panel.labelers)} labelers pass {screen}", flush=True)
         rankings = panel.rank_items(items, overlap, passed)
         t0 = time.perf_counter()

@@ -175,7 +175,7 @@ def test_merged_overlap_scores_each_item_once_with_the_loss_of_separate_rankings
     merged = encode_rankings(model, tok, rankings, merge_overlap=True)
     assert len(separate) == 6 and [len(m.all_ranks) for m in merged] == [3, 2, 1]
     assert sum(len(m.items) for m in merged) == 4 + 3 + 4  # each item's completions scored once
-    assert sum(m.has_pairs for m in merged) == 6
+    assert sum(m.pair_rankings for m in merged) == 6
     with torch.no_grad():
         loss_sep, m_sep = rm_kway_loss(*score_chunk(model, separate, pad_id(tok), torch.device("cpu")))
         loss_mrg, m_mrg = rm_kway_loss(*score_chunk(model, merged, pad_id(tok), torch.device("cpu")))

@@ -27,8 +27,6 @@ import yaml
 from alignloop.config import LoopConfig, config_to_dict
 from alignloop.errors import AlignloopError
 
-SCREENING_ITEMS = 6
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -126,7 +124,7 @@ def screen(admin: Any, cfg: LoopConfig, sim: subprocess.Popen, sim_log: Path) ->
 
     panel = SimulatedPanel(cfg.panel, GoldJudge())
     items = []
-    for p, comps in panel.screening_items(SCREENING_ITEMS):
+    for p, comps in panel.screening_items():
         util = panel.judge.score_batch([p.text] * len(comps), comps)
         gold = sorted(range(len(comps)), key=lambda i: -util[i])
         items.append({"prompt_id": p.id, "prompt": p.text, "completions": comps, "gold": {"order": gold}})

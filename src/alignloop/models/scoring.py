@@ -52,7 +52,9 @@ class EnsembleScorer:
     Members trained on the same comparisons from different seeds err in different places; a
     policy optimised against their mean finds fewer of any one member's blind spots, and a
     positive ``spread`` makes the reward conservative where the members disagree (Coste et
-    al. 2023, "Reward model ensembles help mitigate overoptimization")."""
+    al. 2023, "Reward model ensembles help mitigate overoptimization"). On the demo's task three
+    MiniLM RMs from the same rankings did not beat one (docs/NOTES.md, session 8): members trained on
+    the same data share their blind spots. Used by ``bench/demo_ppo.py rm=A+B+C``."""
 
     def __init__(self, members: Sequence[Scorer], spread: float = 0.0) -> None:
         if not members:

@@ -206,7 +206,7 @@ def train_reward_model(
         batch = [train_data[i] for i in rank_slice(indices, accelerator.process_index, accelerator.num_processes)]
 
         t0 = time.perf_counter()
-        n_prompts = sum(train_data[i].has_pairs for i in indices)  # the step's rankings, over every process
+        n_prompts = sum(train_data[i].pair_rankings for i in indices)  # the step's rankings, over every process
         tally = _train_step(model, optimizer, scheduler, accelerator, precision, batch, n_prompts, pad, cfg)
         train_seconds += time.perf_counter() - t0
         done = step + 1

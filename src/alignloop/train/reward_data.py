@@ -37,7 +37,7 @@ class EncodedRanking:
         return [self.ranks, *self.more_ranks]
 
     @property
-    def has_pairs(self) -> int:
+    def pair_rankings(self) -> int:
         """How many of its rankings order at least one pair (each weighs one prompt in a step's mean)."""
         return sum(len(set(r)) > 1 for r in self.all_ranks)
 
