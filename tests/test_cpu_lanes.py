@@ -46,6 +46,17 @@ def test_lanes_give_up_the_cores_another_process_takes(monkeypatch) -> None:
     assert torch.get_num_threads() == 2
 
 
+def test_close_gives_the_planned_threads_back(monkeypatch) -> None:
+    monkeypatch.setattr(cpu_lanes, "_affinity", lambda: 2)
+    readings = iter([(0.0, 0.0, 0.0), (1.0, 1.9, 0.9)])  # one core taken by another process
+    monkeypatch.setattr(cpu_lanes, "_machine_times", lambda: next(readings))
+    lanes = CpuLanes(True, threads=2)
+    lanes.free_cores()
+    assert lanes.free_cores() == 1 and torch.get_num_threads() == 1
+    lanes.close()
+    assert torch.get_num_threads() == 2
+
+
 def test_a_short_window_keeps_the_last_decision(monkeypatch) -> None:
     readings = iter([(0.0, 0.0, 0.0), (0.1, 0.2, 0.0)])  # 0.1 s: too short to judge
     monkeypatch.setattr(cpu_lanes, "_machine_times", lambda: next(readings))

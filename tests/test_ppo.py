@@ -332,6 +332,33 @@ def test_rollout_split_over_cores_is_one_consistent_batch() -> None:
     assert torch.equal(a.response_mask.sum(1), torch.tensor([4, 4, 4, 4]))
 
 
+def test_a_busy_machine_does_not_change_the_next_trainers_samples(monkeypatch) -> None:
+    """While another process takes a core, the lanes lower torch's thread count; a trainer must give
+    it back when it ends, or the next one in the process (the loop's next round) plans one rollout
+    part instead of two and samples other responses than a fresh process would."""
+    from alignloop.train import cpu_lanes
+
+    torch.set_num_threads(2)
+    monkeypatch.setattr(cpu_lanes, "_affinity", lambda: 2)
+    fresh = PPOTrainer(small(total_episodes=4), "tiny", letter_e(), PROMPTS, None, progress=False)
+    expected = fresh.rollout(PROMPTS).response_ids
+    clock = iter(range(1, 10_000))
+
+    def busy() -> tuple[float, float, float]:  # every second the machine works 2 core-s, ours 1: one core taken
+        t = float(next(clock))
+        return t, 2 * t, t
+
+    monkeypatch.setattr(cpu_lanes, "_machine_times", busy)
+    trainer = PPOTrainer(small(total_episodes=4), "tiny", letter_e(), PROMPTS, None, progress=False)
+    trainer.lanes.free_cores()
+    assert trainer.lanes.free_cores() == 1 and torch.get_num_threads() == 1  # the core was given up...
+    trainer.train()
+    assert torch.get_num_threads() == 2  # ...and given back at the end
+    monkeypatch.setattr(cpu_lanes, "_machine_times", lambda: None)
+    after = PPOTrainer(small(total_episodes=4), "tiny", letter_e(), PROMPTS, None, progress=False)
+    assert after.lanes.threads == 2 and torch.equal(after.rollout(PROMPTS).response_ids, expected)
+
+
 def test_adam_settings_come_from_the_config() -> None:
     trainer = PPOTrainer(small(adam_betas=(0.8, 0.99), adam_eps=1e-6), "tiny", letter_e(), PROMPTS, None)
     groups = [*trainer.policy_opt.param_groups, *trainer.value_opt.param_groups]

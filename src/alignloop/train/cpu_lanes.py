@@ -16,7 +16,9 @@ looked (``/proc/stat`` minus this process's own time) and gives torch only the c
 as intra-op threads, down to one. Lanes themselves never wait for each other until they end, so
 they keep running side by side (one thread each) when cores are taken: the scheduler shares
 the cores between them and the other process, with no barrier to stall. Which lanes run
-together, and on how many threads, never changes the results, only the time.
+together, and on how many threads, never changes the results, only the time; :meth:`CpuLanes.close`
+gives torch its planned thread count back at the end, since what is planned from that count (the
+number of rollout parts, each with its own seed) does change the results.
 """
 
 from __future__ import annotations
@@ -68,6 +70,14 @@ class CpuLanes:
         elif self._last is None:
             self._last = now
         return self._free
+
+    def close(self) -> None:
+        """Give torch back the planned thread count. The cores a busy machine took are not taken
+        for good: whatever runs next in this process (another stage, the next round's trainer,
+        whose lanes and rollout parts are planned from torch's count) must not inherit them."""
+        self._free = self.threads
+        self._last = None
+        torch.set_num_threads(self.threads)
 
     def run(self, *tasks: Callable[[], Any], balanced: bool = True) -> list[Any]:
         """Results of ``tasks`` in order: side by side on the free cores when there are several

@@ -205,7 +205,14 @@ class PPOTrainer:
     # The loop
 
     def train(self) -> PPOResult:
-        """Run the remaining iterations; save the final policy to ``RUN_DIR/policy``."""
+        """Run the remaining iterations; save the final policy to ``RUN_DIR/policy``. Torch's thread
+        count is as before afterwards, however busy the machine was (what runs next plans by it)."""
+        try:
+            return self._train()
+        finally:
+            self.lanes.close()
+
+    def _train(self) -> PPOResult:
         cfg = self.config
         for note in self.notes if self.is_main else []:
             print(f"[ppo] {note}")
