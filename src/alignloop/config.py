@@ -276,6 +276,9 @@ class RMConfig:
     # are scored once, each labeler's comparisons still weigh as a ranking (a step then takes
     # prompts_per_step such items).
     merge_overlap: bool = False
+    # A frozen sentence encoder (registry name or folder, e.g. minilm-l6) whose prompt-completion cosine
+    # is added to the score, weighted as the held-out rankings ask (alignloop.models.relevance); "" = off
+    relevance: str = ""
 
     def validate(self) -> None:
         self.distributed.validate()

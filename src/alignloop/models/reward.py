@@ -62,6 +62,10 @@ class RewardModelInfo:
     bias: float = 0.0  # normalised = gain * raw + bias
     gain: float = 1.0
     base_model: str = ""  # what the trunk was initialised from (for the record)
+    # raw = head + relevance_weight * cosine of the prompt's and completion's embeddings by the frozen
+    # sentence encoder ``relevance_model`` (alignloop.models.relevance); "" / 0 = the head alone
+    relevance_model: str = ""
+    relevance_weight: float = 0.0
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -70,6 +74,8 @@ class RewardModelInfo:
             raise ValueError(f"pooling: must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.max_length < 8:
             raise ValueError("max_length: must be at least 8 tokens")
+        if self.relevance_weight and not self.relevance_model:
+            raise ValueError("relevance_weight: needs relevance_model (the sentence encoder it weighs)")
 
 
 class RewardModel(nn.Module):
@@ -301,13 +307,25 @@ class RewardScorer:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
 
+    def relevance(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """The relevance feature of each pair, unweighted (zeros when the model has none)."""
+        return relevance_of(self.model, prompts, completions)
+
     @classmethod
     def load(cls, path: str | os.PathLike[str], batch_size: int = 16, device: str | None = None) -> RewardScorer:
         model, tok = load_reward_model(path, device=device)
         return cls(model, tok, batch_size)
 
-    @torch.no_grad()
     def raw_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """The head's scores plus the weighted relevance (before normalisation)."""
+        head = self.head_scores(prompts, completions)
+        weight = self.model.info.relevance_weight
+        if not weight:
+            return head
+        return [h + weight * r for h, r in zip(head, self.relevance(prompts, completions), strict=True)]
+
+    @torch.no_grad()
+    def head_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         items = encode(self.tokenizer, self.model.info, prompts, completions)
         order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
         out = [0.0] * len(items)
@@ -326,6 +344,15 @@ class RewardScorer:
     def score_batch(self, prompts: list[str], completions: list[str]) -> list[float]:
         raw = self.raw_scores(prompts, completions)
         return [r * self.model.info.gain + self.model.info.bias for r in raw]
+
+
+def relevance_of(model: RewardModel, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    """cosine(E(prompt), E(completion)) by the model's relevance encoder (zeros when it has none)."""
+    if not model.info.relevance_model:
+        return [0.0] * len(completions)
+    from alignloop.models.relevance import shared
+
+    return shared(model.info.relevance_model, model.info.max_length, str(model.device)).similarity(prompts, completions)
 
 
 def fit_normalisation(

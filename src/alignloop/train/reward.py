@@ -15,9 +15,12 @@ One optimizer step:
   4. clip, AdamW step, cosine-with-warm-up LR step.
 Held-out pairwise accuracy / loss / margin are evaluated every ``eval_every`` steps and at each
 epoch end. At the end the reward is normalised so demonstrations score mean 0, and the model is
-saved to ``RUN_DIR/model``. The run folder follows :mod:`alignloop.train.runlog`, is opened by
-:func:`~alignloop.train.run_folder.open_run` (a fresh run needs an empty folder; ``resume`` needs
-a checkpoint and the same config) and resumes exactly from :mod:`alignloop.train.checkpoint`.
+saved to ``RUN_DIR/model``. With ``rm.relevance`` a frozen sentence encoder's prompt-completion
+similarity, weighted as the training rankings ask, is added to every score before the head
+trains (:mod:`alignloop.models.relevance`), so the head learns the rest. The run folder follows
+:mod:`alignloop.train.runlog`, is opened by :func:`~alignloop.train.run_folder.open_run` (a fresh
+run needs an empty folder; ``resume`` needs a checkpoint and the same config) and resumes exactly
+from :mod:`alignloop.train.checkpoint`.
 Batch elements are built in :mod:`alignloop.train.reward_data`, held-out figures in
 :mod:`alignloop.train.reward_eval`, cross-validation by labeler group in
 :mod:`alignloop.train.reward_crossval`.
@@ -44,7 +47,13 @@ from alignloop.config import RMConfig
 from alignloop.data.records import Demonstration, Ranking
 from alignloop.errors import AlignloopError
 from alignloop.models.padding import pad_token_id
-from alignloop.models.reward import RewardModel, fit_normalisation, init_reward_model, load_reward_model
+from alignloop.models.reward import (
+    RewardModel,
+    fit_normalisation,
+    init_reward_model,
+    load_reward_model,
+    relevance_of,
+)
 from alignloop.train.checkpoint import interrupt_point, load_checkpoint, save_checkpoint, stop_requested
 from alignloop.train.distributed import (
     Precision,
@@ -70,7 +79,7 @@ from alignloop.train.reward_data import (
     score_chunk,
     split_by_prompt,
 )
-from alignloop.train.reward_eval import Tally, evaluate_encoded, evaluate_reward_model
+from alignloop.train.reward_eval import Tally, evaluate_encoded, evaluate_reward_model, ranking_pairs
 from alignloop.train.run_folder import open_run
 from alignloop.train.runlog import RunLog, track
 from alignloop.train.schedule import build_optimizer, cosine_with_warmup, warmup_steps
@@ -97,6 +106,7 @@ class RMTrainResult:
     train: dict[str, float] = field(default_factory=dict)  # last step's train/* metrics
     val: dict[str, float] = field(default_factory=dict)  # last held-out evaluation (val/*)
     normalisation: dict[str, float] = field(default_factory=dict)
+    relevance: dict[str, float] = field(default_factory=dict)  # the fitted relevance weight (rm.relevance)
 
 
 def train_reward_model(
@@ -147,6 +157,7 @@ def train_reward_model(
             max_length=cfg.max_length,
         )
     model.train()
+    relevance = fit_relevance(model, rankings, cfg.relevance) if cfg.relevance else {}
     seed_everything(rank_seed(cfg.seed, accelerator.process_index))  # dropout masks differ per rank
     pad = pad_token_id(tok)
     train_data = encode_rankings(model, tok, rankings, cfg.merge_overlap)
@@ -171,6 +182,8 @@ def train_reward_model(
         start, train_seconds = state["step"], state["extra"]["train_seconds"]
         load_optimizer_state(model, optimizer, state["extra"].get("optimizer_state") or state["optimizer"])
     log = RunLog(out, cfg, resume_step=start if ckpt is not None else None, enabled=main)
+    if relevance and ckpt is None:
+        log.log(0, {f"relevance/{k}": v for k, v in relevance.items()})
 
     def save(step: int) -> None:
         plain = gathered_model(accelerator.unwrap_model(model))  # every process: a collective under FSDP
@@ -262,7 +275,20 @@ def train_reward_model(
         os.replace(tmp, model_dir)
     log.close()
     accelerator.wait_for_everyone()
-    return RMTrainResult(out, model_dir, done, train_seconds, last_train, last_val, norm)
+    return RMTrainResult(out, model_dir, done, train_seconds, last_train, last_val, norm, relevance)
+
+
+def fit_relevance(model: RewardModel, rankings: Sequence[Ranking], encoder: str) -> dict[str, float]:
+    """Give ``model`` the relevance feature of sentence encoder ``encoder``, weighted as ``rankings``
+    (every labeler's every untied pair) ask when relevance alone explains them
+    (:func:`~alignloop.models.relevance.fit_weight`)."""
+    from alignloop.models.relevance import fit_weight
+
+    prompts, completions, pairs = ranking_pairs(rankings)
+    model.info.relevance_model, model.info.relevance_weight = encoder, 0.0
+    fit = fit_weight(relevance_of(model, prompts, completions), pairs)
+    model.info.relevance_weight = fit["weight"]
+    return fit
 
 
 def _train_step(

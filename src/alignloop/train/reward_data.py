@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from alignloop.data.records import Ranking
-from alignloop.models.reward import Encoded, RewardModel, collate, encode
+from alignloop.models.reward import Encoded, RewardModel, collate, encode, relevance_of
 
 
 @dataclass
@@ -31,6 +31,7 @@ class EncodedRanking:
     items: list[Encoded]
     ranks: list[int]
     more_ranks: list[list[int]] = field(default_factory=list)
+    offsets: list[float] = field(default_factory=list)  # added to each completion's score: weighted relevance
 
     @property
     def all_ranks(self) -> list[list[int]]:
@@ -54,9 +55,13 @@ def encode_rankings(
     prompts = [r.prompt for r in firsts for _ in r.completions]
     completions = [c for r in firsts for c in r.completions]
     flat = encode(tokenizer, model.info, prompts, completions)
+    weight = model.info.relevance_weight
+    offsets = [weight * s for s in relevance_of(model, prompts, completions)] if weight else []
     out, i = [], 0
     for first, *rest in groups.values():
-        out.append(EncodedRanking(flat[i : i + first.k], first.ranks(), [r.ranks() for r in rest]))
+        out.append(
+            EncodedRanking(flat[i : i + first.k], first.ranks(), [r.ranks() for r in rest], offsets[i : i + first.k])
+        )
         i += first.k
     return out
 
@@ -71,7 +76,8 @@ def expand_pairs(data: Sequence[EncodedRanking]) -> list[EncodedRanking]:
                     continue
                 if ranks[lo] < ranks[w]:
                     w, lo = lo, w
-                out.append(EncodedRanking([r.items[w], r.items[lo]], [0, 1]))
+                offsets = [r.offsets[w], r.offsets[lo]] if r.offsets else []
+                out.append(EncodedRanking([r.items[w], r.items[lo]], [0, 1], offsets=offsets))
     return out
 
 
@@ -99,6 +105,8 @@ def score_chunk(
     per ranking (an element's rankings by several labelers share its completions' scores)."""
     flat = [it for r in chunk for it in r.items]
     raw = model(**collate(flat, pad, device))
+    if chunk[0].offsets:  # the relevance term: fixed, so the head learns what it does not explain
+        raw = raw + torch.tensor([o for r in chunk for o in r.offsets], dtype=raw.dtype, device=device)
     kmax = max(len(r.items) for r in chunk)
     k_mask = torch.tensor([[1] * len(r.items) + [0] * (kmax - len(r.items)) for r in chunk], device=device)
     scores = torch.zeros(k_mask.shape, dtype=raw.dtype, device=device).masked_scatter(k_mask.bool(), raw)

@@ -2,6 +2,8 @@
 
 The same :func:`~alignloop.train.losses.rm_kway_loss` that trains the model measures it, so the
 held-out loss is comparable with the training loss; accuracy and margin count every untied pair.
+A model with the relevance feature (:mod:`alignloop.models.relevance`) is measured on its whole
+score, relevance included.
 """
 
 from __future__ import annotations
@@ -69,3 +71,14 @@ def evaluate_reward_model(
         raise AlignloopError("no rankings to evaluate on", "give a rankings JSONL file with at least one line")
     model, tok = load_reward_model(model_dir)
     return evaluate_encoded(model, encode_rankings(model, tok, rankings), pad_token_id(tok), micro_batch, prefix="eval")
+
+
+def ranking_pairs(rankings: Sequence[Ranking]) -> tuple[list[str], list[str], list[tuple[int, int]]]:
+    """The distinct (prompt, completion)s of ``rankings`` as two lists, and every ranking's untied
+    (preferred, other) pairs as indices into them (overlapping labelers' pairs each count)."""
+    index: dict[tuple[str, str], int] = {}
+    pairs: list[tuple[int, int]] = []
+    for r in rankings:
+        ids = [index.setdefault((r.prompt, c), len(index)) for c in r.completions]
+        pairs += [(ids[w], ids[lose]) for w, lose in r.pairs()]
+    return [p for p, _ in index], [c for _, c in index], pairs
