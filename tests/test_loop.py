@@ -14,6 +14,7 @@ from alignloop.data.records import Prompt, Ranking
 from alignloop.errors import AlignloopError
 from alignloop.labelers import GoldJudge, SimulatedPanel
 from alignloop.loop import PanelRankingSource, ranking_source
+from alignloop.train.runlog import read_metrics
 
 
 def test_panel_source_gives_overlap_rankings_per_item_with_sources() -> None:
@@ -134,6 +135,8 @@ def test_tiny_demo_runs_the_whole_loop_and_stops_at_threshold(tmp_path, monkeypa
     assert (out / "round-1" / "rm" / "model").is_dir() and (out / "round-1" / "ppo" / "metrics.jsonl").exists()
     rm_info = json.loads((out / "round-1" / "rm" / "model" / "reward_config.json").read_text())
     assert rm_info["kind"] == "causal" and rm_info["base_model"] == str(result.sft_dir)
+    assert rm_info["relevance_model"] == "minilm-l6" and rm_info["relevance_weight"] != 0  # fitted on the rankings
+    assert [r for r in read_metrics(out / "round-1" / "rm") if r.get("relevance/weight") == rm_info["relevance_weight"]]
     sampled = {p for p, d in loads if d == "bfloat16"}  # ranking candidates and both evaluated policies
     assert {str(result.sft_dir), str(result.final_policy)} <= sampled
     assert all(d == "bfloat16" for p, d in loads if p in sampled)
