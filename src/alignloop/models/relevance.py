@@ -50,6 +50,8 @@ class Relevance:
     @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """[N, d] unit vectors."""
+        from alignloop.models.reward import pool  # the reward model's masked mean, not a copy of it
+
         device = next(self.encoder.parameters()).device
         out = []
         for start in range(0, len(texts), self.batch_size):
@@ -61,8 +63,7 @@ class Relevance:
                 return_tensors="pt",
             ).to(device)
             hidden = self.encoder(**batch).last_hidden_state.float()
-            mask = batch["attention_mask"][..., None].float()
-            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1))
+            out.append(torch.nn.functional.normalize(pool(hidden, batch["attention_mask"], "mean"), dim=-1))
         return torch.cat(out).cpu() if out else torch.zeros(0, self.encoder.config.hidden_size)
 
     def similarity(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
