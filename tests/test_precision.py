@@ -181,3 +181,74 @@ def test_demo_uses_bf16_where_the_cpu_has_it_and_fp32_elsewhere(monkeypatch) -> 
         assert tiny.ppo.distributed.dtype == "fp32" and tiny.sample_weights_dtype == "float32"
     with pytest.raises(ValueError, match="sampling_dtype"):
         LoopConfig(sampling_dtype="bf16").validate()
+
+
+def test_frozen_weights_cast_gives_the_same_numbers_and_puts_the_weights_back() -> None:
+    """Holding a LoRA policy's frozen base weights in bf16 during a phase changes no number that
+    autocast computes (sampling, log-probabilities, gradients) and leaves the very fp32 parameters,
+    the tied embedding included, in place afterwards."""
+    from peft import LoraConfig, get_peft_model
+
+    from alignloop.models.generation import generate, response_logprobs
+    from alignloop.models.loading import load_causal_lm, load_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer("tiny")
+    model = get_peft_model(load_causal_lm("tiny"), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # adapters that do something, so that the check covers them
+            torch.nn.init.normal_(p, std=0.5)
+    precision = Precision("bf16", "cpu")
+    precision.wrap(model)
+    before = {n: p for n, p in model.named_parameters()}
+    lora = [p for n, p in model.named_parameters() if p.requires_grad]
+
+    def run() -> tuple:
+        gen = generate(model, tok, ["Hi.", "Say it."], GenerationConfig(max_new_tokens=6), seed=3, return_logprobs=True)
+        model.zero_grad()
+        logprobs, _ = response_logprobs(model, gen.query_ids, gen.query_mask, gen.response_ids, 1.0)
+        logprobs.sum().backward()
+        return gen.response_ids, gen.logprobs, logprobs.detach(), [p.grad.clone() for p in lora]
+
+    plain = run()
+    with precision.frozen_weights_cast(model, None) as swapped:
+        assert swapped == 2 * 7 + 1  # two blocks of seven projections, and the head tied to the embedding
+        head = model.get_output_embeddings()
+        assert head.weight.dtype == torch.bfloat16
+        assert model.get_input_embeddings().weight.dtype == torch.float32
+        cast = run()
+    assert torch.equal(plain[0], cast[0]) and torch.equal(plain[1], cast[1]) and torch.equal(plain[2], cast[2])
+    assert all(torch.equal(a, b) for a, b in zip(plain[3], cast[3], strict=True))
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys() and all(after[n] is p for n, p in before.items())
+    assert {p.dtype for p in after.values()} == {torch.float32}
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # still tied
+    with Precision("fp32", "cpu").frozen_weights_cast(model) as swapped:
+        assert swapped == 0  # nothing to gain without autocast
+
+
+def test_bf16_lora_ppo_runs_the_same_with_and_without_the_frozen_casts(tmp_path, monkeypatch) -> None:
+    """The PPO trainer holds frozen weights in bf16 during its phases: a bf16 LoRA run logs exactly the
+    numbers of one that lets autocast re-cast them at every forward."""
+    import contextlib
+
+    def run(folder: str) -> list[dict]:
+        cfg = ppo_cfg(lora_r=4, distributed=BF16, total_episodes=12)
+        trainer = PPOTrainer(cfg, "tiny", toy_scorer(), ["Hi.", "Yes?", "No.", "Why?"], tmp_path / folder,
+                             progress=False)  # fmt: skip
+        with trainer.frozen_casts() as swapped:
+            assert swapped == (2 * 7 + 1 if folder == "cast" else 0)  # the base's projections and head
+        trainer.train()
+        return [{k: v for k, v in row.items() if not k.startswith("time_")} for row in read_metrics(tmp_path / folder)]
+
+    cast = run("cast")
+    monkeypatch.setattr(Precision, "frozen_weights_cast", lambda self, *m: contextlib.nullcontext(0))
+    assert run("plain") == cast
+
+
+def toy_scorer():
+    class Length:
+        def score_batch(self, prompts: list[str], completions: list[str]) -> list[float]:
+            return [len(c) / 10.0 for c in completions]
+
+    return Length()

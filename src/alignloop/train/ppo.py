@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,17 +269,19 @@ class PPOTrainer:
         """One sampled response per prompt from the current policy; on a CPU split into one part
         per planned core (each part seeded from this process's sampling generator)."""
         parts = self.lanes.threads if self.lanes.enabled else 1
-        return rollout.sample(
-            self.unwrapped_policy, self.tokenizer, prompts, self.config.generation, self.sampling, parts, self.lanes.run
-        )
+        policy, config = self.unwrapped_policy, self.config.generation
+        with self.frozen_casts():
+            return rollout.sample(policy, self.tokenizer, prompts, config, self.sampling, parts, self.lanes.run)
 
     def make_experience(self, prompts: list[str], gen: Generation, timer: Timer | None = None) -> Rollout:
         """Steps 3-5: see :func:`alignloop.train.experience.make_experience`."""
-        return make_experience(self, prompts, gen, timer)
+        with self.frozen_casts():
+            return make_experience(self, prompts, gen, timer)
 
     def ppo_update(self, experience: Rollout, iteration: int | None = None) -> dict[str, float]:
         """Step 6: see :func:`alignloop.train.update.ppo_update`."""
-        return update.ppo_update(self, experience, self.iteration if iteration is None else iteration)
+        with self.frozen_casts():
+            return update.ppo_update(self, experience, self.iteration if iteration is None else iteration)
 
     def save_checkpoint(self) -> Path | None:
         return ppo_checkpoint.save(self)
@@ -288,6 +291,12 @@ class PPOTrainer:
 
     # -----------------------------------------------------------------------------------------
     # Helpers the steps share
+
+    def frozen_casts(self) -> AbstractContextManager[int]:
+        """The frozen weights of policy, value and reference held in the compute dtype during a phase
+        (:meth:`~alignloop.train.distributed.Precision.frozen_weights_cast`: the same numbers, no re-cast
+        at each forward); fp32 again between phases, where checkpoints are saved."""
+        return self.precision.frozen_weights_cast(self.policy, self.value, self.ref)
 
     @property
     def unwrapped_policy(self) -> Any:
