@@ -242,7 +242,7 @@ def test_bf16_lora_ppo_runs_the_same_with_and_without_the_frozen_casts(tmp_path,
         return [{k: v for k, v in row.items() if not k.startswith("time_")} for row in read_metrics(tmp_path / folder)]
 
     cast = run("cast")
-    monkeypatch.setattr(Precision, "frozen_weights_cast", lambda self, *m: contextlib.nullcontext(0))
+    monkeypatch.setattr(Precision, "frozen_weights_cast", lambda self, *m, keep=None: contextlib.nullcontext(0))
     assert run("plain") == cast
 
 
@@ -252,3 +252,18 @@ def toy_scorer():
             return [len(c) / 10.0 for c in completions]
 
     return Length()
+
+
+def test_bf16_ppo_with_a_value_model_on_the_reward_models_trunk_leaves_the_reward_model_in_fp32(tmp_path) -> None:
+    """The reward model scores outside autocast, so the frozen casts must not touch the trunk that a
+    shared value model borrows from it (a bf16 weight there would meet fp32 inputs)."""
+    from alignloop.models.loading import load_causal_lm, load_tokenizer
+    from alignloop.models.reward import RewardModel, RewardModelInfo, load_scorer
+
+    info = RewardModelInfo(kind="causal", pooling="last", base_model="tiny")
+    RewardModel(load_causal_lm("tiny").model, info).save(tmp_path / "rm", load_tokenizer("tiny"))
+    cfg = ppo_cfg(distributed=BF16, value_model="shared", lora_r=4)
+    trainer = PPOTrainer(cfg, "tiny", load_scorer(str(tmp_path / "rm")), ["Hi.", "Yes?"], None, progress=False)
+    with trainer.frozen_casts() as swapped:
+        assert swapped > 0 and {p.dtype for p in trainer.rm.parameters()} == {torch.float32}
+    assert trainer.train().iterations == 2

@@ -151,23 +151,23 @@ class Precision:
         return model
 
     @contextlib.contextmanager
-    def frozen_weights_cast(self, *models: Any) -> Iterator[int]:
+    def frozen_weights_cast(self, *models: Any, keep: Any = None) -> Iterator[int]:
         """Hold the frozen fp32 ``nn.Linear`` weights of ``models`` in the autocast dtype while inside.
 
-        Why: autocast casts every weight again at every forward (its cache keeps trainable leaves only),
-        though a frozen one cannot change: decoding 32 tokens with a LoRA policy re-cast its base weights
-        33 times, ~45 % of a PPO rollout on a CPU. The products are bit-identical (autocast would make
-        these very tensors). Only Linear layers (an embedding is not autocast: its output dtype would
-        change); the module's attribute is swapped, not the tensor, so a weight tied to an embedding
-        keeps its fp32 storage there. Originals are back on exit, before anything saves or merges.
-        Yields how many layers it swapped (0 without autocast; FSDP shards are left alone)."""
+        Why: autocast casts every weight again at every forward (it caches trainable leaves only), though
+        a frozen one cannot change: ~45 % of a LoRA policy's rollout on a CPU. The products are bit-identical
+        (autocast would make these very tensors). Only Linear layers (an embedding is not autocast: its output
+        dtype would change); the module's attribute is swapped, not the tensor, so a weight tied to an
+        embedding stays fp32 there. Originals are back on exit. Yields how many layers it swapped (0 without
+        autocast; FSDP shards are left alone). ``keep``: a model run outside autocast (an RM under a shared value)."""
+        kept = {id(m) for m in keep.modules()} if keep is not None else set()
         swapped: list[tuple[torch.nn.Linear, str, torch.nn.Parameter]] = []
         try:
             for model in models if self.dtype is not None else ():
                 if model is None or is_sharded(model):
                     continue
                 for module in model.modules():
-                    if not isinstance(module, torch.nn.Linear) or module.weight.requires_grad:
+                    if not isinstance(module, torch.nn.Linear) or module.weight.requires_grad or id(module) in kept:
                         continue
                     for name in ("weight", "bias"):
                         param = module._parameters.get(name)

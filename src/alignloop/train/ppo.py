@@ -295,8 +295,9 @@ class PPOTrainer:
     def frozen_casts(self) -> AbstractContextManager[int]:
         """The frozen weights of policy, value and reference held in the compute dtype during a phase
         (:meth:`~alignloop.train.distributed.Precision.frozen_weights_cast`: the same numbers, no re-cast
-        at each forward); fp32 again between phases, where checkpoints are saved."""
-        return self.precision.frozen_weights_cast(self.policy, self.value, self.ref)
+        at each forward); fp32 again between phases, where checkpoints are saved. The reward model is
+        left alone: it scores outside autocast, and a shared value model is its trunk."""
+        return self.precision.frozen_weights_cast(self.policy, self.value, self.ref, keep=self.rm)
 
     @property
     def unwrapped_policy(self) -> Any:
