@@ -23,6 +23,7 @@ from alignloop.config import (
 from alignloop.data.jsonl import write_jsonl
 from alignloop.data.records import Demonstration, Ranking
 from alignloop.errors import AlignloopError
+from alignloop.models.scoring import FunctionScorer
 from alignloop.train.distributed import Precision
 from alignloop.train.ppo import PPOTrainer
 from alignloop.train.reward import train_reward_model
@@ -234,8 +235,8 @@ def test_bf16_lora_ppo_runs_the_same_with_and_without_the_frozen_casts(tmp_path,
 
     def run(folder: str) -> list[dict]:
         cfg = ppo_cfg(lora_r=4, distributed=BF16, total_episodes=12)
-        trainer = PPOTrainer(cfg, "tiny", toy_scorer(), ["Hi.", "Yes?", "No.", "Why?"], tmp_path / folder,
-                             progress=False)  # fmt: skip
+        length = FunctionScorer(lambda prompt, completion: len(completion) / 10.0)
+        trainer = PPOTrainer(cfg, "tiny", length, ["Hi.", "Yes?", "No.", "Why?"], tmp_path / folder, progress=False)
         with trainer.frozen_casts() as swapped:
             assert swapped == (2 * 7 + 1 if folder == "cast" else 0)  # the base's projections and head
         trainer.train()
@@ -244,14 +245,6 @@ def test_bf16_lora_ppo_runs_the_same_with_and_without_the_frozen_casts(tmp_path,
     cast = run("cast")
     monkeypatch.setattr(Precision, "frozen_weights_cast", lambda self, *m, keep=None: contextlib.nullcontext(0))
     assert run("plain") == cast
-
-
-def toy_scorer():
-    class Length:
-        def score_batch(self, prompts: list[str], completions: list[str]) -> list[float]:
-            return [len(c) / 10.0 for c in completions]
-
-    return Length()
 
 
 def test_bf16_ppo_with_a_value_model_on_the_reward_models_trunk_leaves_the_reward_model_in_fp32(tmp_path) -> None:
