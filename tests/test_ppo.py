@@ -502,3 +502,24 @@ def test_run_folder_holds_one_run(tmp_path: Path) -> None:
     assert [r["step"] for r in read_metrics(run)] == [1] and (run / "policy").is_dir()
     with pytest.raises(AlignloopError, match="config differs.* lr"):
         PPOTrainer(small(total_episodes=4, lr=0.5), "tiny", letter_e(), PROMPTS, run, resume=True)
+
+
+def test_attn_implementation_reaches_the_policy_its_sampler_and_the_value_trunk() -> None:
+    """One kernel for every pass over the policy: pi_old comes from the sampler, so sampling and the
+    update must not use two attention implementations; the value trunk is copied from the policy."""
+    policy, tok = load_policy("tiny")
+    batch = tok(["Name a fruit. A banana."], return_tensors="pt")
+    with torch.no_grad():
+        sdpa_logits = policy(**batch).logits
+    assert policy.config._attn_implementation == "sdpa"  # transformers' default, which the field overrides
+    cfg = small(attn_implementation="eager", lora_r=4, value_layers=1)
+    trainer = PPOTrainer(cfg, policy, letter_e(), PROMPTS, None, tokenizer=tok, progress=False)
+    base = trainer.unwrapped_policy.get_base_model()
+    assert base.config._attn_implementation == "eager"
+    assert trainer.unwrapped_value.trunk.config._attn_implementation == "eager"
+    with torch.no_grad(), trainer.unwrapped_policy.disable_adapter():  # the reference: adapters off
+        eager_logits = trainer.unwrapped_policy(**batch).logits
+    assert torch.allclose(eager_logits, sdpa_logits, atol=1e-4)  # another kernel, the same function
+    assert trainer.train().metrics[-1]["value_loss"] > 0
+    with pytest.raises(ValueError, match="attn_implementation: must be '', eager or sdpa"):
+        small(attn_implementation="flash").validate()

@@ -343,6 +343,10 @@ class PPOConfig:
     ptx_max_length: int = 128
     keep_checkpoints: int = 2
     concurrent_passes: bool = True  # one process on a CPU: independent passes (policy/value) run side by side
+    # Attention kernel of the policy, its sampler, the reference and a value trunk copied from the policy:
+    # "" = the model's own (transformers' SDPA), "eager" | "sdpa". On a CPU, SDPA's flash-attention
+    # backward was 19 % of a PPO update at the demo's short sequences (docs/NOTES.md, session 10).
+    attn_implementation: str = ""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     # Critic-free RL (no value model): "rloo" (leave-one-out baseline, KL in the reward) | "grpo"
     # (group-normalised advantages, beta * k3 KL as a loss term). Both sample group_size responses
@@ -376,6 +380,8 @@ class PPOConfig:
             raise ValueError("target_kl, kl_horizon: must be positive with adaptive_kl")
         if self.value_layers < 0:
             raise ValueError(f"value_layers: must be >= 0, got {self.value_layers}")
+        if self.attn_implementation not in ("", "eager", "sdpa"):
+            raise ValueError(f"attn_implementation: must be '', eager or sdpa, got {self.attn_implementation!r}")
         if self.score_batch_size < 1:
             raise ValueError(f"score_batch_size: must be at least 1, got {self.score_batch_size}")
         _check_adam(self.adam_betas, self.adam_eps)

@@ -58,6 +58,8 @@ def build_models(
     else:
         policy_model = policy
     disable_dropout(policy_model)
+    if cfg.attn_implementation:  # before the value trunk is copied from it: the copy keeps the choice
+        policy_model.set_attn_implementation(cfg.attn_implementation)
     policy_model.to(device)
     # The reward model, and the value model initialised from it (paper section 3.5).
     if isinstance(reward, str):
@@ -114,6 +116,8 @@ def build_models(
     if reference is not None:  # a reference other than the starting policy (the loop's SFT policy in round 2+)
         ref = load_policy(reference, cfg.dtype)[0] if isinstance(reference, str) else reference
         disable_dropout(ref)
+        if cfg.attn_implementation:
+            ref.set_attn_implementation(cfg.attn_implementation)
         ref.requires_grad_(False).eval()
     if ref is not None:
         ref.to(WEIGHT_DTYPES[cfg.distributed.frozen_dtype])
