@@ -344,8 +344,9 @@ class PPOConfig:
     keep_checkpoints: int = 2
     concurrent_passes: bool = True  # one process on a CPU: independent passes (policy/value) run side by side
     # Attention kernel of the policy, its sampler, the reference and a value trunk copied from the policy:
-    # "" = the model's own (transformers' SDPA), "eager" | "sdpa". On a CPU, SDPA's flash-attention
-    # backward was 19 % of a PPO update at the demo's short sequences (docs/NOTES.md, session 10).
+    # "" = the model's own (transformers' SDPA), "eager" | "sdpa". Eager made the demo's bf16 PPO 14 %
+    # faster on a CPU but drifted further from the SFT policy (KL 6.8-8.4 vs 4.8-5.9) and won less on
+    # validation (68.9 vs 71.2 % over four seeds; docs/NOTES.md, session 11): the demo keeps SDPA.
     attn_implementation: str = ""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     # Critic-free RL (no value model): "rloo" (leave-one-out baseline, KL in the reward) | "grpo"
