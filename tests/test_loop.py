@@ -128,6 +128,7 @@ def test_tiny_demo_runs_the_whole_loop_and_stops_at_threshold(tmp_path, monkeypa
 
     out = tmp_path / "demo"
     assert "screening: 9 of 10 labelers qualified" in lines  # the careless labeler ranks nothing
+    assert "precision: fp32" in lines  # said once, before the first stage
     rounds = json.loads((out / "rounds.json").read_text())
     assert len(rounds) == 1 and rounds[0]["round"] == 1
     rankings = read_jsonl(out / "round-1" / "rankings.jsonl", Ranking)

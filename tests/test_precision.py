@@ -169,7 +169,7 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch) -> None:
 def test_demo_uses_bf16_where_the_cpu_has_it_and_fp32_elsewhere(monkeypatch) -> None:
     import alignloop.train.distributed as dist
     from alignloop.config import LoopConfig
-    from alignloop.demo import demo_config
+    from alignloop.demo import demo_config, precision_line
 
     for native in (True, False):
         monkeypatch.setattr(dist, "native_bf16", lambda native=native: native)
@@ -180,6 +180,10 @@ def test_demo_uses_bf16_where_the_cpu_has_it_and_fp32_elsewhere(monkeypatch) -> 
         assert cfg.policy.dtype == cfg.sft.model.dtype == "float32"  # training weights stay fp32
         tiny = demo_config(tiny=True)  # the tests' model: the same numbers on every machine
         assert tiny.ppo.distributed.dtype == "fp32" and tiny.sample_weights_dtype == "float32"
+        # the demo says which arithmetic it runs in, and warns of the long wait only where bf16 is missing
+        line = precision_line(cfg)
+        assert line.startswith(f"precision: {want}") and ("no native bf16" in line) == (not native)
+        assert precision_line(tiny) == "precision: fp32"
     with pytest.raises(ValueError, match="sampling_dtype"):
         LoopConfig(sampling_dtype="bf16").validate()
 

@@ -107,6 +107,24 @@ def demo_config(tiny: bool = False) -> LoopConfig:
     return cfg
 
 
+def precision_line(cfg: LoopConfig) -> str:
+    """The arithmetic the demo trains in, said once at the start, because it decides how long the user
+    waits: on a 2-core CPU without native bf16 the packaged demo ran 20 min in fp32 against 4-6 min on
+    CPUs that multiply bf16 natively (docs/NOTES.md, session 12), and bf16 emulated there is slower still
+    (0.8 against 90 GFLOP/s for a 1024-square product on that host)."""
+    from alignloop.train.distributed import native_bf16
+
+    dtype = cfg.ppo.distributed.dtype
+    if dtype != "fp32":
+        return f"precision: {dtype} autocast over fp32 weights"
+    if cfg.policy.name == "tiny" or native_bf16():
+        return "precision: fp32"
+    return (
+        "precision: fp32, as this CPU has no native bf16 (AVX512-BF16 or AMX) and emulated bf16 is slower: "
+        "on 2 such cores the demo takes about 20 min, against 4-6 min where bf16 is native"
+    )
+
+
 @dataclass
 class DemoResult:
     out_dir: Path
@@ -175,6 +193,7 @@ def run_demo(cfg: LoopConfig, log=print, client: Any = None) -> DemoResult:
     for name, prompts in sets.items():
         write_jsonl(out / "prompts" / f"{name}.jsonl", prompts)
     log("prompts: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()))
+    log(precision_line(cfg))
 
     # 2. Demonstrations from the simulated panel.
     judge = GoldJudge()
