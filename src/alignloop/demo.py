@@ -58,8 +58,9 @@ def demo_config(tiny: bool = False) -> LoopConfig:
         cfg.ppo,
         # The clipped PPO objective with RLOO's baseline (4 answers per prompt, each judged against the mean
         # reward of the other three) instead of a learned value model, which on this budget is a 4-layer copy
-        # of the policy starting at V = 0: validation win rate 73.8 vs 70.7 % over six paired seeds (4 higher), and
-        # ~20 % less PPO time (docs/NOTES.md, session 11). `alignloop loop` and `alignloop ppo` keep PPO.
+        # of the policy starting at V = 0: validation win rate 73.8 vs 70.7 % over six paired seeds (4 higher) on
+        # one host, 73.4 vs 72.5 % over three (1 higher) on another, and 15-20 % less PPO time (docs/NOTES.md,
+        # sessions 11-12). `alignloop loop` and `alignloop ppo` keep PPO.
         algorithm="ppo" if tiny else "rloo",
         group_size=4,
         total_episodes=64 if tiny else 256,
