@@ -110,8 +110,8 @@ def demo_config(tiny: bool = False) -> LoopConfig:
 
 def precision_line(cfg: LoopConfig) -> str:
     """The arithmetic the demo trains in, said once at the start, because it decides how long the user
-    waits: on a 2-core CPU without native bf16 the packaged demo ran 20 min in fp32 against 4-6 min on
-    CPUs that multiply bf16 natively (docs/NOTES.md, session 12), and bf16 emulated there is slower still
+    waits: on a 2-core CPU without native bf16 the packaged demo ran 20 min in fp32 against 4-8 min on
+    CPUs that multiply bf16 natively (docs/NOTES.md, sessions 11-13), and bf16 emulated there is slower still
     (0.8 against 90 GFLOP/s for a 1024-square product on that host)."""
     from alignloop.train.distributed import native_bf16
 
@@ -122,7 +122,7 @@ def precision_line(cfg: LoopConfig) -> str:
         return "precision: fp32"
     return (
         "precision: fp32, as this CPU has no native bf16 (AVX512-BF16 or AMX) and emulated bf16 is slower: "
-        "on 2 such cores the demo takes about 20 min, against 4-6 min where bf16 is native"
+        "on 2 such cores the demo takes about 20 min, against 4-8 min where bf16 is native"
     )
 
 
